@@ -1,0 +1,52 @@
+"""Build salt_fast: the Python package, `kernels/` as `salt_fast.kernels`, and `csrc/` as `salt_fast._C`.
+
+The C++ extension compiles against the PyTorch that is already installed, so install torch
+first and build without isolation (an isolated build would fetch a second, CUDA, torch):
+
+    pip install torch && pip install --no-build-isolation -e .
+"""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+try:
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+except ImportError as exc:  # pragma: no cover - exercised only on a misconfigured install
+    raise SystemExit(
+        "salt_fast compiles csrc/ against your installed PyTorch, but `import torch` failed "
+        f"({exc}). Install torch first (CPU: `pip install torch==2.13.0`), then run "
+        "`pip install --no-build-isolation -e .`"
+    ) from exc
+
+
+def extension():
+    """salt_fast._C: every csrc/*.cpp; csrc/*.cu too when a CUDA torch and nvcc are both present."""
+    sources = sorted(glob("csrc/*.cpp"))
+    cuda_sources = sorted(glob("csrc/*.cu"))
+    flags = {"cxx": ["-O3"]}
+    if cuda_sources and torch.version.cuda is not None and CUDA_HOME is not None:
+        return CUDAExtension(
+            "salt_fast._C", sources + cuda_sources, extra_compile_args={**flags, "nvcc": ["-O3"]}
+        )
+    return CppExtension("salt_fast._C", sources, extra_compile_args=flags)
+
+
+setup(
+    name="salt_fast",
+    version="0.1.0",
+    description="Fast SALT (static-teacher asymmetric latent training) for video ViTs",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["salt_fast", "salt_fast.*"]) + ["salt_fast.kernels"],
+    package_dir={"salt_fast.kernels": "kernels"},
+    ext_modules=[extension()],
+    cmdclass={"build_ext": BuildExtension},
+    install_requires=["torch>=2.4", "numpy>=1.24", "pyyaml>=6.0"],
+    extras_require={
+        # Triton ships inside CUDA torch wheels; the CPU test suite needs it for TRITON_INTERPRET=1.
+        "test": ["pytest>=8.0", "triton>=3.2; platform_system == 'Linux'"],
+    },
+)

@@ -1,26 +1,475 @@
-"""Masked token gather: pick the visible tokens of a sequence by flat id.
+"""Masked token ops: gather the visible tokens by flat id, and assemble the predictor's input.
 
-Plain PyTorch reference; stands alone (imports nothing from salt_fast).
+Two ops, each with a plain PyTorch reference and Triton kernels (forward and backward),
+picked by ``use_triton`` (see ``_dispatch``: Triton for CUDA tensors, the reference
+otherwise; ``SALT_FAST_KERNELS=auto|triton|reference`` overrides):
+
+* ``gather_tokens(x, ids)``: ``out[b, k] = x[b, ids[b, k]]``.
+* ``assemble_predictor_input(context, context_ids, target_ids, mask_token)``: the
+  predictor's token sequence ``[context; mask_token repeated Kt times]`` and its ids
+  ``[context_ids; target_ids]``, written by one kernel instead of expand + cat.
+
+Drop-in for V-JEPA-2-style code: its ``apply_masks(x, masks)`` with a single mask
+``masks = [ids]`` is ``gather_tokens(x, ids)`` (for several masks it concatenates the
+gathers along the batch: ``torch.cat([gather_tokens(x, m) for m in masks])``). Its
+predictor's ``torch.cat([ctx, mask_token.repeat(B, Kt, 1)], dim=1)`` plus
+``torch.cat([ctx_ids, tgt_ids], dim=1)`` is ``assemble_predictor_input``.
+
+Contract for the Triton path (not checked on the hot path: a check would cost a device
+sync):
+
+* ids must lie in ``[0, N)``. Out-of-range ids never touch memory outside ``x``: the
+  kernels read them as zero rows and drop their gradient.
+* ids must be **unique within a row** for the Triton backward of ``gather_tokens``: it
+  scatters each gradient row to its destination with a plain store (no atomics), so with
+  duplicates one of the writers wins. The reference sums duplicates (``gather``'s
+  backward), which is what a well-defined gradient means there.
+
+Set ``SALT_FAST_DEBUG=1`` to check both (range and uniqueness) before each Triton launch;
+it synchronizes the device. The reference path gets its range check from ``torch.gather``.
+
+Stands alone: imports nothing from salt_fast outside ``salt_fast.kernels``.
 """
 
 from __future__ import annotations
 
-from torch import Tensor
+import os
 
-__all__ = ["gather_tokens"]
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from ._dispatch import INTERPRETED, jit, tl, use_triton
+
+__all__ = [
+    "assemble_predictor_input",
+    "assemble_predictor_input_reference",
+    "gather_tokens",
+    "gather_tokens_reference",
+]
+
+
+# --------------------------------------------------------------------------------------
+# References
+# --------------------------------------------------------------------------------------
+
+
+def gather_tokens_reference(x: Tensor, ids: Tensor) -> Tensor:
+    """Plain PyTorch ``gather_tokens`` (see there); its backward sums duplicate ids."""
+    _check_gather_args(x, ids)
+    return x.gather(1, ids.long().unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def assemble_predictor_input_reference(
+    context: Tensor, context_ids: Tensor, target_ids: Tensor, mask_token: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Plain PyTorch ``assemble_predictor_input`` (see there): expand + cat."""
+    B, _, D = _check_assemble_args(context, context_ids, target_ids, mask_token)
+    filler = mask_token.reshape(1, 1, D).expand(B, target_ids.shape[1], D)
+    return torch.cat((context, filler), dim=1), torch.cat((context_ids, target_ids), dim=1)
+
+
+# --------------------------------------------------------------------------------------
+# Public ops
+# --------------------------------------------------------------------------------------
 
 
 def gather_tokens(x: Tensor, ids: Tensor) -> Tensor:
     """Rows of ``x`` at ``ids``: V-JEPA 2's ``apply_masks(x, [ids])`` for a single mask.
 
     Args:
-        x: ``[B, N, D]`` tokens, any dtype.
-        ids: ``[B, K]`` integer token ids in ``[0, N)``; unique per row for a well-defined
-            gradient (the backward sums duplicates).
+        x: ``[B, N, D]`` tokens, any dtype (Triton path: fp16/bf16/fp32/fp64), any strides.
+        ids: ``[B, K]`` integer token ids in ``[0, N)``, unique per row (required by the
+            Triton backward; the reference sums duplicates). int64 normally; any int dtype.
 
     Returns:
-        ``[B, K, D]`` with ``out[b, k] = x[b, ids[b, k]]``.
+        ``[B, K, D]`` contiguous, ``x``'s dtype, with ``out[b, k] = x[b, ids[b, k]]``.
+        Differentiable in ``x``: ``grad_x`` is zero except at the ids' rows.
     """
+    if not use_triton(x, ids):
+        return gather_tokens_reference(x, ids)
+    _check_gather_args(x, ids)
+    _debug_check_ids(ids, x.shape[1])
+    return _GatherTokens.apply(x, ids)
+
+
+def assemble_predictor_input(
+    context: Tensor, context_ids: Tensor, target_ids: Tensor, mask_token: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The predictor's input sequence: context tokens, then the mask token at every target.
+
+    Args:
+        context: ``[B, Kc, D]`` embedded context tokens (any float dtype, any strides).
+        context_ids: ``[B, Kc]`` integer flat ids of the context tokens.
+        target_ids: ``[B, Kt]`` integer flat ids of the target (masked) tokens.
+        mask_token: the learned mask token, ``D`` elements: shape ``[D]`` or ``[1, 1, D]``.
+
+    Returns:
+        ``(tokens, ids)``: ``tokens`` ``[B, Kc + Kt, D]`` contiguous, with
+        ``tokens[:, :Kc] = context`` and ``tokens[:, Kc:] = mask_token``, in
+        ``torch.promote_types(context.dtype, mask_token.dtype)`` (what ``torch.cat`` gives,
+        with or without autocast); ``ids = cat(context_ids, target_ids)`` ``[B, Kc + Kt]``
+        (no grad). Differentiable in ``context`` and ``mask_token``; the mask token's
+        gradient is reduced over ``B`` and ``Kt`` in fp32 (fp64 for fp64 inputs) in a fixed
+        order, so it is bitwise reproducible.
+    """
+    if not use_triton(context, context_ids, target_ids, mask_token):
+        return assemble_predictor_input_reference(context, context_ids, target_ids, mask_token)
+    _check_assemble_args(context, context_ids, target_ids, mask_token)
+    tokens = _AssemblePredictorInput.apply(context, mask_token, target_ids.shape[1])
+    return tokens, torch.cat((context_ids, target_ids), dim=1)
+
+
+# --------------------------------------------------------------------------------------
+# Argument checks (shapes only: no device sync)
+# --------------------------------------------------------------------------------------
+
+
+def _check_gather_args(x: Tensor, ids: Tensor) -> None:
     if x.dim() != 3 or ids.dim() != 2 or ids.shape[0] != x.shape[0]:
         raise ValueError(f"expected x [B, N, D] and ids [B, K], got {tuple(x.shape)} and {tuple(ids.shape)}")
-    return x.gather(1, ids.long().unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise ValueError(f"ids must be an integer tensor, got {ids.dtype}")
+
+
+def _check_assemble_args(context: Tensor, context_ids: Tensor, target_ids: Tensor, mask_token: Tensor) -> tuple[int, int, int]:
+    if context.dim() != 3:
+        raise ValueError(f"context must be [B, Kc, D], got {tuple(context.shape)}")
+    B, Kc, D = context.shape
+    if context_ids.shape != (B, Kc):
+        raise ValueError(f"context_ids must be [B, Kc] = {(B, Kc)}, got {tuple(context_ids.shape)}")
+    if target_ids.dim() != 2 or target_ids.shape[0] != B:
+        raise ValueError(f"target_ids must be [B, Kt] with B = {B}, got {tuple(target_ids.shape)}")
+    if mask_token.shape not in ((D,), (1, 1, D)):
+        raise ValueError(f"mask_token must be [D] or [1, 1, D] with D = {D}, got {tuple(mask_token.shape)}")
+    return B, Kc, D
+
+
+def _debug_check_ids(ids: Tensor, n: int) -> None:
+    """With ``SALT_FAST_DEBUG=1``: ids in ``[0, n)`` and unique per row (syncs the device)."""
+    if os.environ.get("SALT_FAST_DEBUG") != "1" or ids.numel() == 0:
+        return
+    if int(ids.min()) < 0 or int(ids.max()) >= n:
+        raise ValueError(f"ids must lie in [0, {n}), got range [{int(ids.min())}, {int(ids.max())}]")
+    ordered = ids.sort(dim=1).values
+    if bool((ordered[:, 1:] == ordered[:, :-1]).any()):
+        raise ValueError("ids must be unique within each row for the Triton backward of gather_tokens")
+
+
+# --------------------------------------------------------------------------------------
+# Launch configuration
+# --------------------------------------------------------------------------------------
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _alloc(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Uninitialized buffer for kernel outputs (one place, so tests can poison it)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _block_d(D: int) -> int:
+    """Columns per program: a power of two, at most 512, wasting little on the last block.
+
+    e.g. 384 -> 128 (3 blocks), 768/1280/1664 -> 256, 1024/1408/1536 -> 512, 100 -> 128.
+    """
+    if INTERPRETED:  # the interpreter pays per program: one column block
+        return _next_pow2(D)
+    if D <= 128:
+        return max(16, _next_pow2(D))
+    for block in (512, 256):
+        if _cdiv(D, block) * block - D <= D // 8:
+            return block
+    return 128
+
+
+def _row_tile(rows: int, D: int, elem_size: int) -> tuple[int, int, int]:
+    """``(BLOCK_R, BLOCK_D, num_warps)`` for a row-copy kernel over ``rows`` rows of ``D``."""
+    block_d = _block_d(D)
+    if INTERPRETED:
+        block_r = min(_next_pow2(rows), max(1, 2**16 // block_d))
+        return block_r, block_d, 4
+    # About 16 KB moved per program: enough bytes in flight per SM without spilling.
+    block_r = min(_next_pow2(rows), max(1, min(64, 16384 // (block_d * elem_size))))
+    return block_r, block_d, 4 if block_r * block_d <= 4096 else 8
+
+
+def _reduce_plan(rows: int, D: int) -> tuple[int, int, int, int]:
+    """``(BLOCK_R, BLOCK_D, rows_per_program, num_warps)`` for the mask-token reduction.
+
+    Depends only on the shape, so the summation order (and the result) is reproducible.
+    """
+    block_d = _block_d(D)
+    if INTERPRETED:
+        block_r = min(_next_pow2(rows), max(1, 2**16 // block_d))
+        return block_r, block_d, _cdiv(rows, block_r) * block_r, 4
+    block_r = max(1, min(32, 4096 // block_d, _next_pow2(rows)))
+    # Aim at ~512 programs in all (a few waves on an H100's 132 SMs), 256 rows at least each.
+    chunks = max(1, 512 // _cdiv(D, block_d))
+    per_program = max(256, _cdiv(rows, chunks))
+    return block_r, block_d, _cdiv(per_program, block_r) * block_r, 4
+
+
+# --------------------------------------------------------------------------------------
+# Kernels
+# --------------------------------------------------------------------------------------
+
+
+@jit
+def _copy_rows_kernel(
+    src_ptr,
+    dst_ptr,
+    ids_ptr,
+    K,
+    N,
+    D,
+    k_blocks,
+    src_stride_b,
+    src_stride_r,
+    src_stride_d,
+    dst_stride_b,
+    dst_stride_r,
+    ids_stride_b,
+    ids_stride_k,
+    IDS_ON_SRC: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """Copy ``K`` rows per batch element; ``ids`` names the rows on one side.
+
+    ``IDS_ON_SRC``: ``dst[b, k] = src[b, ids[b, k]]`` (gather, the forward);
+    otherwise ``dst[b, ids[b, k]] = src[b, k]`` (scatter, the backward; ``dst`` must be
+    zero-filled and ids unique per row). Grid: ``(B * k_blocks, cdiv(D, BLOCK_D))``;
+    one program moves a ``[BLOCK_K, BLOCK_D]`` tile. The destination's last dim is
+    contiguous; the source's stride is an argument (Triton specializes it when it is 1).
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    b = pid // k_blocks
+    k = (pid % k_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    k_ok = k < K
+    d_ok = d < D
+    row = tl.load(ids_ptr + b * ids_stride_b + k * ids_stride_k, mask=k_ok, other=-1).to(tl.int64)
+    # Out-of-range ids touch nothing: read as zero rows / gradient dropped.
+    row_ok = k_ok & (row >= 0) & (row < N)
+    if IDS_ON_SRC:
+        src_row = row
+        dst_row = k
+        load_ok = row_ok
+        store_ok = k_ok
+    else:
+        src_row = k
+        dst_row = row
+        load_ok = k_ok
+        store_ok = row_ok
+    src = src_ptr + b * src_stride_b + src_row[:, None] * src_stride_r + d[None, :] * src_stride_d
+    tile = tl.load(src, mask=load_ok[:, None] & d_ok[None, :], other=0.0)
+    dst = dst_ptr + b * dst_stride_b + dst_row[:, None] * dst_stride_r + d[None, :]
+    tl.store(dst, tile, mask=store_ok[:, None] & d_ok[None, :])
+
+
+@jit
+def _assemble_kernel(
+    ctx_ptr,
+    tok_ptr,
+    out_ptr,
+    Kc,
+    L,
+    D,
+    r_blocks,
+    ctx_stride_b,
+    ctx_stride_r,
+    ctx_stride_d,
+    tok_stride_d,
+    out_stride_b,
+    out_stride_r,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """``out[b, r] = ctx[b, r]`` for ``r < Kc``, else ``tok`` (for ``Kc <= r < L``).
+
+    Grid: ``(B * r_blocks, cdiv(D, BLOCK_D))``; one ``[BLOCK_R, BLOCK_D]`` tile each. Tiles
+    entirely past ``Kc`` issue no context loads (the mask is all false). Values are cast
+    to the output dtype (no arithmetic, so exact).
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    b = pid // r_blocks
+    r = (pid % r_blocks) * BLOCK_R + tl.arange(0, BLOCK_R)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_ok = d < D
+    in_ctx = r < Kc
+    ctx = tl.load(
+        ctx_ptr + b * ctx_stride_b + r[:, None] * ctx_stride_r + d[None, :] * ctx_stride_d,
+        mask=in_ctx[:, None] & d_ok[None, :],
+        other=0.0,
+    )
+    tok = tl.load(tok_ptr + d * tok_stride_d, mask=d_ok, other=0.0)
+    out_ty = out_ptr.dtype.element_ty
+    tile = tl.where(in_ctx[:, None], ctx.to(out_ty), tok.to(out_ty)[None, :])
+    out = out_ptr + b * out_stride_b + r[:, None] * out_stride_r + d[None, :]
+    tl.store(out, tile, mask=(r < L)[:, None] & d_ok[None, :])
+
+
+@jit
+def _mask_token_grad_kernel(
+    grad_ptr,
+    partial_ptr,
+    Kc,
+    Kt,
+    R,
+    D,
+    rows_per_program,
+    grad_stride_b,
+    grad_stride_r,
+    grad_stride_d,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    ACC_F64: tl.constexpr,
+):
+    """Per-program partial sums of the target rows of ``grad``: ``partial[p, d]``.
+
+    The ``R = B * Kt`` target rows are numbered ``i = b * Kt + t`` (row ``Kc + t`` of
+    batch element ``b``); program ``(p, j)`` sums rows ``[p * rows_per_program, (p + 1) *
+    rows_per_program)`` over columns block ``j`` in fp32 (fp64 with ``ACC_F64``), in a
+    fixed order, and writes its ``BLOCK_D`` totals to ``partial[p]``. Grid:
+    ``(cdiv(R, rows_per_program), cdiv(D, BLOCK_D))``; ``rows_per_program`` is a
+    multiple of ``BLOCK_R``. No atomics: the caller sums ``partial`` over ``p``.
+    """
+    p = tl.program_id(0).to(tl.int64)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_ok = d < D
+    if ACC_F64:
+        acc = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float64)
+    else:
+        acc = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float32)
+    first = p * rows_per_program
+    for start in range(0, rows_per_program, BLOCK_R):
+        i = first + start + tl.arange(0, BLOCK_R)
+        b = i // Kt
+        t = i % Kt
+        src = grad_ptr + b[:, None] * grad_stride_b + (Kc + t)[:, None] * grad_stride_r + d[None, :] * grad_stride_d
+        tile = tl.load(src, mask=(i < R)[:, None] & d_ok[None, :], other=0.0)
+        acc += tile.to(acc.dtype)
+    tl.store(partial_ptr + p * D + d, tl.sum(acc, axis=0), mask=d_ok)
+
+
+# --------------------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------------------
+
+
+def _launch_copy_rows(src: Tensor, dst: Tensor, ids: Tensor, ids_on_src: bool) -> None:
+    """Gather (``ids_on_src``) ``src [B, N, D] -> dst [B, K, D]``, or scatter ``src [B, K, D] -> dst [B, N, D]``."""
+    B, K = ids.shape
+    D = src.shape[2]
+    N = src.shape[1] if ids_on_src else dst.shape[1]
+    if B == 0 or K == 0 or D == 0:
+        return
+    assert dst.stride(2) == 1 or D == 1
+    block_k, block_d, warps = _row_tile(K, D, src.element_size())
+    k_blocks = _cdiv(K, block_k)
+    grid = (B * k_blocks, _cdiv(D, block_d))
+    _copy_rows_kernel[grid](
+        src, dst, ids, K, N, D, k_blocks,
+        src.stride(0), src.stride(1), src.stride(2),
+        dst.stride(0), dst.stride(1),
+        ids.stride(0), ids.stride(1),
+        IDS_ON_SRC=ids_on_src, BLOCK_K=block_k, BLOCK_D=block_d, num_warps=warps,
+    )  # fmt: skip
+
+
+def _launch_assemble(context: Tensor, mask_token: Tensor, kt: int) -> Tensor:
+    B, Kc, D = context.shape
+    L = Kc + kt
+    out = _alloc((B, L, D), torch.promote_types(context.dtype, mask_token.dtype), context.device)
+    if out.numel() == 0:
+        return out
+    token = mask_token.reshape(D)
+    block_r, block_d, warps = _row_tile(L, D, out.element_size())
+    r_blocks = _cdiv(L, block_r)
+    grid = (B * r_blocks, _cdiv(D, block_d))
+    _assemble_kernel[grid](
+        context, token, out, Kc, L, D, r_blocks,
+        context.stride(0), context.stride(1), context.stride(2), token.stride(0),
+        out.stride(0), out.stride(1),
+        BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps,
+    )  # fmt: skip
+    return out
+
+
+def _launch_mask_token_grad(grad: Tensor, kc: int, kt: int) -> Tensor:
+    """``grad[:, kc:kc + kt].sum((0, 1))`` in fp32 (fp64 for fp64 grads), reproducibly: ``[D]``."""
+    B, _, D = grad.shape
+    acc_dtype = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    rows = B * kt
+    if rows == 0 or D == 0:
+        return torch.zeros(D, dtype=acc_dtype, device=grad.device)
+    block_r, block_d, per_program, warps = _reduce_plan(rows, D)
+    programs = _cdiv(rows, per_program)
+    partial = _alloc((programs, D), acc_dtype, grad.device)
+    grid = (programs, _cdiv(D, block_d))
+    _mask_token_grad_kernel[grid](
+        grad, partial, kc, kt, rows, D, per_program,
+        grad.stride(0), grad.stride(1), grad.stride(2),
+        BLOCK_R=block_r, BLOCK_D=block_d, ACC_F64=acc_dtype == torch.float64, num_warps=warps,
+    )  # fmt: skip
+    return partial.sum(0)  # fixed shape, fixed order: deterministic
+
+
+# --------------------------------------------------------------------------------------
+# Autograd
+# --------------------------------------------------------------------------------------
+
+
+class _GatherTokens(torch.autograd.Function):
+    """Triton ``gather_tokens``: gather kernel forward, zero-fill + scatter kernel backward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, ids: Tensor) -> Tensor:
+        B, N, D = x.shape
+        out = _alloc((B, ids.shape[1], D), x.dtype, x.device)
+        _launch_copy_rows(x, out, ids, ids_on_src=True)
+        ctx.save_for_backward(ids)
+        ctx.n = N
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, None]:
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        (ids,) = ctx.saved_tensors
+        B, _, D = grad_out.shape
+        grad_x = torch.zeros((B, ctx.n, D), dtype=grad_out.dtype, device=grad_out.device)
+        _launch_copy_rows(grad_out, grad_x, ids, ids_on_src=False)
+        return grad_x, None
+
+
+class _AssemblePredictorInput(torch.autograd.Function):
+    """Triton ``assemble_predictor_input`` tokens: one fill kernel forward; backward slices
+    the context gradient and reduces the mask token's with partial sums (no atomics)."""
+
+    @staticmethod
+    def forward(ctx, context: Tensor, mask_token: Tensor, kt: int) -> Tensor:
+        ctx.kc = context.shape[1]
+        ctx.kt = kt
+        ctx.context_dtype = context.dtype
+        ctx.token_dtype = mask_token.dtype
+        ctx.token_shape = mask_token.shape
+        return _launch_assemble(context, mask_token, kt)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        grad_context = grad_token = None
+        if ctx.needs_input_grad[0]:
+            grad_context = grad[:, : ctx.kc].to(ctx.context_dtype)  # a view when the dtypes agree
+        if ctx.needs_input_grad[1]:
+            grad_token = _launch_mask_token_grad(grad, ctx.kc, ctx.kt).to(ctx.token_dtype).reshape(ctx.token_shape)
+        return grad_context, grad_token, None

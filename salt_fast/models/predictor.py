@@ -15,6 +15,8 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
+from salt_fast.kernels.masked_tokens import assemble_predictor_input
+
 from .vit import Block, Grid, ViTConfig, forward_blocks, init_weights
 
 # SPEC §2: 12 blocks of width 384, 16 heads (head_dim 24), MLP 4x.
@@ -79,8 +81,7 @@ class Predictor(nn.Module):
             )
         if not 0 <= mask_index < len(self.mask_tokens):
             raise ValueError(f"mask_index {mask_index} out of range for {len(self.mask_tokens)} mask tokens")
-        x = torch.cat((self.predictor_embed(context), self.mask_tokens[mask_index].expand(B, Kt, -1)), dim=1)
-        ids = torch.cat((context_ids, target_ids), dim=1)
+        x, ids = assemble_predictor_input(self.predictor_embed(context), context_ids, target_ids, self.mask_tokens[mask_index])
         valid = None
         if context_valid is not None or target_valid is not None:
             valid = torch.cat(

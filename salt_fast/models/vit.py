@@ -19,6 +19,7 @@ from salt_fast.kernels.masked_tokens import gather_tokens
 from salt_fast.kernels.rope3d import MODES, rope3d_cos_sin, rope3d_rotate
 
 Grid = tuple[int, int, int]
+ATTENTION_BACKENDS = ("sdpa", "flash_attn", "xformers")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class ViTConfig:
     qkv_bias: bool = True
     norm_eps: float = 1e-6
     init_std: float = 0.02
+    attn_backend: str = "sdpa"  # see attention(); a runtime choice, not part of the weights
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "depth", "num_heads", "mlp_hidden", "patch_size", "tubelet_size", "in_chans"):
@@ -46,6 +48,8 @@ class ViTConfig:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.rope_mode not in MODES:
             raise ValueError(f"rope_mode must be one of {MODES}, got {self.rope_mode!r}")
+        if self.attn_backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"attn_backend must be one of {ATTENTION_BACKENDS}, got {self.attn_backend!r}")
 
     @property
     def head_dim(self) -> int:
@@ -65,22 +69,91 @@ ENCODER_PRESETS: dict[str, ViTConfig] = {
 }
 
 
+def _import_backend(backend: str):
+    try:
+        if backend == "flash_attn":
+            import flash_attn
+
+            return flash_attn
+        import xformers.ops
+
+        return xformers.ops
+    except ImportError as exc:
+        raise ImportError(
+            f"attention backend {backend!r} is not installed ({exc}); install it on a CUDA machine or use 'sdpa'"
+        ) from exc
+
+
+def _varlen(qkv: Tensor, valid: Tensor, packed_attention) -> Tensor:
+    """Drop padding slots, attend within each row's real tokens, put rows back.
+
+    ``packed_attention(qkv [total, 3, H, hd], cu_seqlens int32 [B + 1], max_len) -> [total, H, hd]``.
+    Returns ``[B, N, H, hd]`` with zeros at padding slots.
+    """
+    B, N = valid.shape
+    index = valid.flatten().nonzero().squeeze(1)  # row-major, so each row's tokens stay together
+    lengths = valid.sum(1, dtype=torch.int32)
+    cu_seqlens = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
+    packed = packed_attention(qkv.flatten(0, 1)[index], cu_seqlens, int(lengths.max()))
+    out = packed.new_zeros(B * N, *packed.shape[1:])
+    out[index] = packed
+    return out.view(B, N, *packed.shape[1:])
+
+
+def attention(qkv: Tensor, valid: Tensor | None = None, backend: str = "sdpa") -> Tensor:
+    """Non-causal self-attention of a packed projection.
+
+    Args:
+        qkv: ``[B, N, 3, H, hd]`` (q and k already rotated).
+        valid: optional bool ``[B, N]``; False marks padding slots, which no token attends
+            to and whose own outputs are unspecified.
+        backend: ``"sdpa"`` (PyTorch; flash / cuDNN / memory-efficient kernels on GPU, the
+            only one on CPU), ``"flash_attn"`` (packed and varlen APIs, fp16/bf16 on CUDA) or
+            ``"xformers"`` (memory-efficient attention, CUDA).
+
+    Returns:
+        ``[B, N, H, hd]``.
+    """
+    if backend == "sdpa":
+        q, k, v = qkv.unbind(2)
+        mask = None if valid is None else valid[:, None, None, :]
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+        return out.transpose(1, 2)
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; expected one of {ATTENTION_BACKENDS}")
+    ops = _import_backend(backend)
+    if backend == "flash_attn":
+        if valid is None:
+            return ops.flash_attn_qkvpacked_func(qkv)
+        return _varlen(qkv, valid, lambda packed, cu, max_len: ops.flash_attn_varlen_qkvpacked_func(packed, cu, max_len))
+    if valid is None:
+        return ops.memory_efficient_attention(*qkv.unbind(2))
+
+    def block_diagonal(packed: Tensor, cu: Tensor, max_len: int) -> Tensor:
+        bias = ops.fmha.attn_bias.BlockDiagonalMask.from_seqlens(cu.diff().tolist())
+        return ops.memory_efficient_attention(*packed.unsqueeze(0).unbind(2), attn_bias=bias).squeeze(0)
+
+    return _varlen(qkv, valid, block_diagonal)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with qkv bias and 3D RoPE on q and k (never v)."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, backend: str = "sdpa") -> None:
         super().__init__()
         self.num_heads = num_heads
+        self.backend = backend
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, attn_mask: Tensor | None = None) -> Tensor:
-        """x: ``[B, N, D]``; rope: ``(cos, sin)`` ``[B|1, N, r]``; attn_mask: bool ``[B, 1, 1, N]`` -> ``[B, N, D]``."""
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, valid: Tensor | None = None) -> Tensor:
+        """x: ``[B, N, D]``; rope: ``(cos, sin)`` ``[B|1, N, r]``; valid: bool ``[B, N]`` -> ``[B, N, D]``."""
         B, N, D = x.shape
-        qkv = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
-        qk = qkv[:2] if rope is None else rope3d_rotate(qkv[:2], *rope)  # q and k in one call
-        out = F.scaled_dot_product_attention(qk[0], qk[1], qkv[2], attn_mask=attn_mask)
-        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+        qkv = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads)
+        if rope is not None:
+            qk = rope3d_rotate(qkv[:, :, :2].permute(2, 0, 3, 1, 4), *rope).permute(1, 3, 0, 2, 4)
+            qkv = torch.cat((qk, qkv[:, :, 2:]), dim=2)
+        return self.proj(attention(qkv, valid, self.backend).reshape(B, N, D))
 
 
 class MLP(nn.Module):
@@ -100,12 +173,12 @@ class Block(nn.Module):
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
-        self.attn = Attention(cfg.embed_dim, cfg.num_heads, cfg.qkv_bias)
+        self.attn = Attention(cfg.embed_dim, cfg.num_heads, cfg.qkv_bias, cfg.attn_backend)
         self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         self.mlp = MLP(cfg.embed_dim, cfg.mlp_hidden)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, attn_mask: Tensor | None = None) -> Tensor:
-        x = x + self.attn(self.norm1(x), rope, attn_mask)
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, valid: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.norm1(x), rope, valid)
         return x + self.mlp(self.norm2(x))
 
 
@@ -119,9 +192,8 @@ def forward_blocks(
     and shared by every layer and head.
     """
     rope = rope3d_cos_sin(ids, grid, cfg.head_dim, cfg.rope_mode, device=x.device)
-    attn_mask = None if valid is None else valid[:, None, None, :]
     for block in blocks:
-        x = block(x, rope, attn_mask)
+        x = block(x, rope, valid)
     return x
 
 

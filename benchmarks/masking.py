@@ -12,49 +12,16 @@ batch is new work). Writes benchmarks/results/masking_cpu.json.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import subprocess
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from salt_fast import masking as M
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, environment, write_json  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        return out or "uncommitted"
-    except (OSError, subprocess.CalledProcessError):
-        return "uncommitted"
-
-
-def worktree_dirty() -> bool | None:
-    try:
-        out = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout
-        return bool(out.strip())
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
+from salt_fast import masking as M  # noqa: E402
 
 def time_backend(backend: str, batch: int, grid: tuple[int, int, int], seconds: float) -> dict:
     sampler = M.MaskSampler(grid, M.MULTI_BLOCK, seed=0, truncation="min", backend=backend)
@@ -74,11 +41,28 @@ def time_backend(backend: str, batch: int, grid: tuple[int, int, int], seconds: 
     return {"batches": n, "seconds": elapsed, "batches_per_s": n / elapsed, "ms_per_batch": 1e3 * elapsed / n}
 
 
+def mask_statistics(batch: int, grid: tuple[int, int, int], batches: int) -> dict:
+    """Per configuration: token fractions masked before truncation, and kept after "min"
+    truncation (V-JEPA 2's), averaged over ``batches`` batches."""
+    n = grid[0] * grid[1] * grid[2]
+    padded = M.MaskSampler(grid, M.MULTI_BLOCK, seed=0, truncation="pad")
+    truncated = M.MaskSampler(grid, M.MULTI_BLOCK, seed=0, truncation="min")
+    sums = [dict.fromkeys(("masked", "context_kept", "targets_kept"), 0.0) for _ in M.MULTI_BLOCK]
+    for step in range(batches):
+        for acc, full, cut in zip(sums, padded.sample(batch, step), truncated.sample(batch, step)):
+            acc["masked"] += full.target_valid.sum().item() / (batch * n)
+            acc["context_kept"] += cut.context.shape[1] / n
+            acc["targets_kept"] += cut.target.shape[1] / n
+    names = ("short_range", "long_range")
+    return {name: {k: v / batches for k, v in acc.items()} for name, acc in zip(names, sums)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per backend")
     parser.add_argument("--batch", type=int, default=24)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "masking_cpu.json")
+    parser.add_argument("--stat-batches", type=int, default=200, help="batches for the mask statistics")
+    parser.add_argument("--out", type=Path, default=RESULTS / "masking_cpu.json")
     args = parser.parse_args()
 
     torch.set_num_threads(1)  # the bar is single-thread; the C++ path is single-threaded anyway
@@ -97,15 +81,15 @@ def main() -> None:
     else:
         print("salt_fast._C not built: only the Python reference was timed")
 
+    stats = mask_statistics(args.batch, grid, args.stat_batches)
+    for name, st in stats.items():
+        print(
+            f"{name}: {st['masked']:.1%} of tokens masked; after 'min' truncation the batch keeps "
+            f"{st['context_kept']:.1%} context and {st['targets_kept']:.1%} targets"
+        )
     record = {
         "benchmark": "masking",
-        "device": cpu_model(),
-        "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "commit": git_commit(),
-        "worktree_dirty": worktree_dirty(),  # True: the measured code may differ from the commit
+        **environment(),
         "batch": args.batch,
         "grid": list(grid),
         "configs": [repr(c) for c in M.MULTI_BLOCK],
@@ -113,10 +97,9 @@ def main() -> None:
         "seconds_per_backend": args.seconds,
         "backends": results,
         "speedup_cpp_over_python": speedup,
+        "mask_statistics": {"batches": args.stat_batches, **stats},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_json(args.out, record)
 
 
 if __name__ == "__main__":

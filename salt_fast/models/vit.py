@@ -15,8 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from typing import NamedTuple
+
+from salt_fast.kernels._dispatch import use_triton
 from salt_fast.kernels.masked_tokens import gather_tokens
-from salt_fast.kernels.rope3d import MODES, rope3d_cos_sin, rope3d_rotate
+from salt_fast.kernels.rope3d import MODES, rope3d_cos_sin, rope3d_qkv_
 
 Grid = tuple[int, int, int]
 ATTENTION_BACKENDS = ("sdpa", "flash_attn", "xformers")
@@ -136,6 +139,19 @@ def attention(qkv: Tensor, valid: Tensor | None = None, backend: str = "sdpa") -
     return _varlen(qkv, valid, block_diagonal)
 
 
+class Rope(NamedTuple):
+    """Where the tokens of one forward sit, for RoPE in every layer.
+
+    ``cos_sin`` holds the reference path's tables, built once per forward and shared by all
+    layers and heads; the Triton path decodes positions from ``ids`` in-kernel and leaves it None.
+    """
+
+    ids: Tensor | None
+    grid: Grid
+    mode: str
+    cos_sin: tuple[Tensor, Tensor] | None = None
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with qkv bias and 3D RoPE on q and k (never v)."""
 
@@ -146,13 +162,12 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, valid: Tensor | None = None) -> Tensor:
-        """x: ``[B, N, D]``; rope: ``(cos, sin)`` ``[B|1, N, r]``; valid: bool ``[B, N]`` -> ``[B, N, D]``."""
+    def forward(self, x: Tensor, rope: Rope | None, valid: Tensor | None = None) -> Tensor:
+        """x: ``[B, N, D]``; rope: token positions; valid: bool ``[B, N]`` -> ``[B, N, D]``."""
         B, N, D = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads)
-        if rope is not None:
-            qk = rope3d_rotate(qkv[:, :, :2].permute(2, 0, 3, 1, 4), *rope).permute(1, 3, 0, 2, 4)
-            qkv = torch.cat((qk, qkv[:, :, 2:]), dim=2)
+        if rope is not None:  # in place on the projection output: no copies of q and k
+            qkv = rope3d_qkv_(qkv, rope.ids, rope.grid, rope.mode, cos_sin=rope.cos_sin)
         return self.proj(attention(qkv, valid, self.backend).reshape(B, N, D))
 
 
@@ -177,7 +192,7 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         self.mlp = MLP(cfg.embed_dim, cfg.mlp_hidden)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, valid: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, rope: Rope | None, valid: Tensor | None = None) -> Tensor:
         x = x + self.attn(self.norm1(x), rope, valid)
         return x + self.mlp(self.norm2(x))
 
@@ -188,10 +203,11 @@ def forward_blocks(
     """Run RoPE blocks over tokens named by flat ids; shared by the encoder and the predictor.
 
     x: ``[B, N, D]``; ids: ``[B, N]`` or None (full grid in order); valid: bool ``[B, N]``,
-    False for padding slots, which no token attends to. The RoPE tables are built once here
-    and shared by every layer and head.
+    False for padding slots, which no token attends to. On the reference path the RoPE tables
+    are built once here and shared by every layer and head.
     """
-    rope = rope3d_cos_sin(ids, grid, cfg.head_dim, cfg.rope_mode, device=x.device)
+    cos_sin = None if use_triton(x) else rope3d_cos_sin(ids, grid, cfg.head_dim, cfg.rope_mode, device=x.device)
+    rope = Rope(ids, grid, cfg.rope_mode, cos_sin)
     for block in blocks:
         x = block(x, rope, valid)
     return x

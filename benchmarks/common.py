@@ -33,7 +33,7 @@ def cpu_model() -> str:
 
 def environment() -> dict:
     """Device, library versions and the commit measured (``worktree_dirty``: it had local edits)."""
-    status = _git("status", "--porcelain")
+    status = _git("status", "--porcelain", "--", ".", ":!benchmarks/results")  # results are not code
     env = {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_model(),
         "cpu": cpu_model(),

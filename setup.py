@@ -1,9 +1,9 @@
 """Build salt_fast: the Python package, `kernels/` as `salt_fast.kernels`, and `csrc/` as `salt_fast._C`.
 
 The C++ extension compiles against the PyTorch that is already installed, so install torch
-first and build without isolation (an isolated build would fetch a second, CUDA, torch):
+first (build_backend.py lets pip's isolated build see it; --no-build-isolation works too):
 
-    pip install torch && pip install --no-build-isolation -e .
+    pip install torch && pip install -e .
 """
 
 from glob import glob
@@ -16,8 +16,8 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only on a misconfigured install
     raise SystemExit(
         "salt_fast compiles csrc/ against your installed PyTorch, but `import torch` failed "
-        f"({exc}). Install torch first (CPU: `pip install torch==2.13.0`), then run "
-        "`pip install --no-build-isolation -e .`"
+        f"({exc}). Install torch into this environment first (CPU: `pip install torch==2.13.0`), "
+        "then run `pip install -e .` again"
     ) from exc
 
 

@@ -89,7 +89,11 @@ def latent_l1_loss_reference(
     rows = target.gather(1, ids.long().unsqueeze(-1).expand(-1, -1, target.shape[-1])).to(compute)
     # normalizing only the K gathered rows is the same math as normalizing all N, then gathering
     normed = F.layer_norm(rows, rows.shape[-1:], eps=eps)
-    err = (pred.to(compute) - normed).abs()
+    return _masked_mean((pred.to(compute) - normed).abs(), valid)
+
+
+def _masked_mean(err: Tensor, valid: Tensor | None) -> Tensor:
+    """Mean of ``err [B, K, C]`` over the valid tokens (all when ``valid`` is None) and channels."""
     if valid is None:
         return err.mean()
     weight = valid.to(err.dtype).unsqueeze(-1)
@@ -249,13 +253,17 @@ def _latent_l1_triton(
     return _finish_mean(partials, count_ptr, count_total, d, compute), grad
 
 
-class _LatentL1Loss(torch.autograd.Function):
-    """Fused forward that also stores ``d loss / d pred``; backward scales it by ``grad_output``."""
+class _LossWithStoredGrad(torch.autograd.Function):
+    """A fused loss whose forward kernel also wrote ``d loss / d pred``; backward only scales it.
+
+    ``apply(launch, pred, *args)`` with ``launch(pred, *args, write_grad=True) -> (loss, grad)``.
+    """
 
     @staticmethod
-    def forward(ctx, pred, target, ids, eps, valid):
-        loss, grad = _latent_l1_triton(pred, target, ids, eps, valid, write_grad=True)
+    def forward(ctx, launch, pred, *args):
+        loss, grad = launch(pred, *args, write_grad=True)
         ctx.save_for_backward(grad)
+        ctx.n_args = len(args)
         return loss
 
     @staticmethod
@@ -263,7 +271,7 @@ class _LatentL1Loss(torch.autograd.Function):
     def backward(ctx, grad_output):
         (grad,) = ctx.saved_tensors
         # Out of place (not Liger's in-place mul_) so that a retained graph can run backward twice.
-        return grad * grad_output, None, None, None, None
+        return None, grad * grad_output, *([None] * ctx.n_args)
 
 
 def latent_l1_loss(pred: Tensor, target: Tensor, ids: Tensor, eps: float = 1e-5, valid: Tensor | None = None) -> Tensor:
@@ -296,5 +304,5 @@ def latent_l1_loss(pred: Tensor, target: Tensor, ids: Tensor, eps: float = 1e-5,
     if grad_enabled and target.requires_grad:
         return latent_l1_loss_reference(pred, target, ids, eps, valid)  # the kernel differentiates pred only
     if grad_enabled and pred.requires_grad:
-        return _LatentL1Loss.apply(pred, target, ids, eps, valid)
+        return _LossWithStoredGrad.apply(_latent_l1_triton, pred, target, ids, eps, valid)
     return _latent_l1_triton(pred, target, ids, eps, valid, write_grad=False)[0]

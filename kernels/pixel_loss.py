@@ -36,10 +36,19 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ._dispatch import jit, tl, triton, use_triton
-from .latent_loss import _compute_dtype, _count_args, _finish_mean, _mean_count, _new_buffer, _tl_dtype, _valid_bytes
+from .latent_loss import (
+    _compute_dtype,
+    _count_args,
+    _finish_mean,
+    _LossWithStoredGrad,
+    _masked_mean,
+    _mean_count,
+    _new_buffer,
+    _tl_dtype,
+    _valid_bytes,
+)
 
 __all__ = ["pixel_mse_loss", "pixel_mse_loss_reference", "pixel_targets_reference"]
 
@@ -112,11 +121,7 @@ def pixel_mse_loss_reference(
         ids = ids.where(valid, 0)  # padding slots may hold any id (the kernel never reads them)
     targets = pixel_targets_reference(video, tubelet, patch, compute)
     target = targets.gather(1, ids.long().unsqueeze(-1).expand(-1, -1, targets.shape[-1]))
-    err = (pred.to(compute) - target).square()
-    if valid is None:
-        return err.mean()
-    weight = valid.to(err.dtype).unsqueeze(-1)
-    return (err * weight).sum() / (weight.sum() * err.shape[-1]).clamp_min(1)
+    return _masked_mean((pred.to(compute) - target).square(), valid)
 
 
 # --------------------------------------------------------------------------------------
@@ -210,22 +215,6 @@ def _pixel_mse_triton(
     return _finish_mean(partials, count_ptr, count_total, width, compute), grad
 
 
-class _PixelMSELoss(torch.autograd.Function):
-    """Fused forward that also stores ``d loss / d pred``; backward scales it by ``grad_output``."""
-
-    @staticmethod
-    def forward(ctx, pred, video, ids, tubelet, patch, valid):
-        loss, grad = _pixel_mse_triton(pred, video, ids, tubelet, patch, valid, write_grad=True)
-        ctx.save_for_backward(grad)
-        return loss
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        (grad,) = ctx.saved_tensors
-        return grad * grad_output, None, None, None, None, None
-
-
 def pixel_mse_loss(
     pred: Tensor, video: Tensor, ids: Tensor, tubelet: int = 2, patch: int = 16, valid: Tensor | None = None
 ) -> Tensor:
@@ -261,5 +250,5 @@ def pixel_mse_loss(
     if grad_enabled and video.requires_grad:
         return pixel_mse_loss_reference(pred, video, ids, tubelet, patch, valid)  # the kernel differentiates pred only
     if grad_enabled and pred.requires_grad:
-        return _PixelMSELoss.apply(pred, video, ids, tubelet, patch, valid)
+        return _LossWithStoredGrad.apply(_pixel_mse_triton, pred, video, ids, tubelet, patch, valid)
     return _pixel_mse_triton(pred, video, ids, tubelet, patch, valid, write_grad=False)[0]

@@ -14,9 +14,9 @@ import time
 
 import torch
 
-from salt_fast.kernels import latent_l1_loss
 from salt_fast.masking import MaskSampler
 from salt_fast.models import build_encoder, build_predictor
+from salt_fast.objectives import salt_loss
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,12 +58,7 @@ def main(argv: list[str] | None = None) -> float:
         masks = sampler(args.batch_size)
         with torch.no_grad():
             target = teacher(clips)  # once per clip, all tokens
-        losses = []
-        for index, m in enumerate(masks):
-            context = student(clips, m.context, m.context_valid)
-            pred = predictor(context, m.context, m.target, grid, index, m.context_valid, m.target_valid)
-            losses.append(latent_l1_loss(pred, target, m.target, valid=m.target_valid))
-        loss = torch.stack(losses).mean()
+        loss, losses = salt_loss(student, predictor, clips, target, masks, grid)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

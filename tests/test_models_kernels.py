@@ -3,20 +3,15 @@
 import pytest
 import torch
 
-from salt_fast.kernels import latent_l1_loss
 from salt_fast.masking import MaskSampler
 from salt_fast.models import build_encoder, build_predictor
+from salt_fast.objectives import salt_loss
 
 
 def salt_step(student, predictor, teacher, video, masks, grid):
     with torch.no_grad():
         target = teacher(video)
-    losses = []
-    for index, m in enumerate(masks):
-        context = student(video, m.context, m.context_valid)
-        pred = predictor(context, m.context, m.target, grid, index, m.context_valid, m.target_valid)
-        losses.append(latent_l1_loss(pred, target, m.target, valid=m.target_valid))
-    loss = torch.stack(losses).mean()
+    loss, _ = salt_loss(student, predictor, video, target, masks, grid)
     params = [*student.parameters(), *predictor.parameters()]
     return loss, torch.autograd.grad(loss, params)
 

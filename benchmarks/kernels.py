@@ -22,6 +22,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -103,7 +104,7 @@ def measure(case: Case, name: str, fn: Fn, device: torch.device, reps: int) -> d
     out = fn(leaf.clone(), *rest)
     grad_out = torch.randn_like(out) if out.dim() else torch.ones_like(out)
     fwd_ms = bench(forward, device, reps)
-    bwd_ms = bench(lambda: torch.autograd.grad(out, leaf, grad_out, retain_graph=True), device, reps)
+    bwd_ms = bench(partial(torch.autograd.grad, out, leaf, grad_out, retain_graph=True), device, reps)
     del out
 
     peak_mb = None

@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> float:
         loss.backward()
         optimizer.step()
         kept = " ".join(
-            f"[config {i}: context {m.context.shape[1]}, targets {m.target.shape[1]}, L1 {l.item():.4f}]"
-            for i, (m, l) in enumerate(zip(masks, losses))
+            f"[config {i}: context {m.context.shape[1]}, targets {m.target.shape[1]}, L1 {value.item():.4f}]"
+            for i, (m, value) in enumerate(zip(masks, losses))
         )
         print(f"step {step}: loss {loss.item():.4f} {kept} {time.perf_counter() - start:.2f}s")
     return loss.item()

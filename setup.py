@@ -21,6 +21,9 @@ except ImportError as exc:  # pragma: no cover - exercised only on a misconfigur
     ) from exc
 
 
+DALI = "nvidia-dali-cuda120>=1.40; platform_system == 'Linux' and platform_machine == 'x86_64'"
+
+
 def extension():
     """salt_fast._C: every csrc/*.cpp; csrc/*.cu too when a CUDA torch and nvcc are both present."""
     sources = sorted(glob("csrc/*.cpp"))
@@ -44,9 +47,11 @@ setup(
     package_dir={"salt_fast.kernels": "kernels"},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension},
-    install_requires=["torch>=2.4", "numpy>=1.24", "pyyaml>=6.0"],
+    install_requires=["torch>=2.4", "numpy>=1.24", "pyyaml>=6.0", "av>=12.0", "pillow>=10.0"],
     extras_require={
+        # NVIDIA DALI: GPU video decoding (NVDEC); its CPU variant decodes VP8/VP9/MJPEG.
+        "dali": [DALI],
         # Triton ships inside CUDA torch wheels; the CPU test suite needs it for TRITON_INTERPRET=1.
-        "test": ["pytest>=8.0", "triton>=3.2; platform_system == 'Linux'"],
+        "test": ["pytest>=8.0", "triton>=3.2; platform_system == 'Linux'", DALI],
     },
 )

@@ -1,0 +1,40 @@
+"""Video data: file lists and mixtures, sharding, decoding (PyAV on CPU, DALI on GPU), clip
+sampling, transforms, synthetic videos, and the loader that yields masked batches.
+
+``salt_fast.data.dali`` imports NVIDIA DALI lazily; everything else needs only torch, numpy,
+PyAV and pillow.
+"""
+
+from .decode import VideoDecodeError, VideoInfo, decode_frames, probe
+from .lists import Mixture, ShardedSampler, VideoList, is_image, shard
+from .loader import Batch, BatchCollator, StepBatchSampler, TooManyBadFiles, VideoClips, video_loader
+from .sampling import clip_indices, eval_clip_starts, frame_step_for_fps
+from .synthetic import SyntheticClips, make_synthetic_dataset, render_clip, write_video
+from .transforms import EvalTransform, TrainTransform
+
+__all__ = [
+    "Batch",
+    "BatchCollator",
+    "EvalTransform",
+    "Mixture",
+    "ShardedSampler",
+    "StepBatchSampler",
+    "SyntheticClips",
+    "TooManyBadFiles",
+    "TrainTransform",
+    "VideoClips",
+    "VideoDecodeError",
+    "VideoInfo",
+    "VideoList",
+    "clip_indices",
+    "decode_frames",
+    "eval_clip_starts",
+    "frame_step_for_fps",
+    "is_image",
+    "make_synthetic_dataset",
+    "probe",
+    "render_clip",
+    "shard",
+    "video_loader",
+    "write_video",
+]

@@ -1,0 +1,205 @@
+"""From file lists to training batches: ``(clips, labels, masks)`` ready for the loop.
+
+The pieces: a map-style :class:`VideoClips` dataset (decode, sample a clip, transform;
+a bad file is skipped with one warning line and replaced by another sample), a
+:class:`StepBatchSampler` that tags every batch with its global step, and a
+:class:`BatchCollator` that stacks the clips, attaches the mask index tensors for that
+step, and stops the run with a clear error when too many of a batch's files were bad.
+
+Masks are a pure function of (seed, step) (see ``salt_fast.masking``), and the step
+travels with the batch indices, so the masks do not depend on which dataloader worker
+builds the batch, and resuming at step ``s`` reproduces them exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from salt_fast.masking import MaskBatch, MaskSampler
+
+from .decode import VideoDecodeError, decode_frames, probe
+from .lists import Mixture, VideoList, is_image
+from .sampling import clip_indices
+
+log = logging.getLogger("salt_fast.data")
+
+
+class Sample(NamedTuple):
+    """One decoded clip: ``clip`` float ``[3, T, H, W]`` (or ``[views, 3, T, H, W]``), its label,
+    the step of the batch it belongs to, and the files skipped on the way as (path, reason)."""
+
+    clip: torch.Tensor
+    label: int
+    step: int
+    skipped: list[tuple[str, str]]
+
+
+class Batch(NamedTuple):
+    """``clips [B, 3, T, H, W]``, ``labels [B]`` int64, one ``MaskBatch`` per mask configuration
+    (empty without a mask sampler), and the (path, reason) of every file skipped for this batch."""
+
+    clips: torch.Tensor
+    labels: torch.Tensor
+    masks: list[MaskBatch]
+    skipped: list[tuple[str, str]]
+
+
+class TooManyBadFiles(RuntimeError):
+    """More than the allowed fraction of a batch's decode attempts failed."""
+
+
+class VideoClips(Dataset):
+    """Clips from a file list or a mixture of lists.
+
+    ``dataset[(step, index)]`` (or ``dataset[index]``) decodes ``clip_frames`` frames,
+    ``frame_step`` apart, from sample ``index`` at a random start drawn from
+    ``(seed, step, index)``, and applies ``transform`` (uint8 ``[T, H, W, 3]`` -> float).
+    A file that fails to decode is logged once (its path and the reason), recorded in the
+    sample's ``skipped`` list, and replaced by another sample drawn from the same generator,
+    up to ``max_attempts`` tries. ``backend`` picks the CPU decoder (see ``decode_frames``).
+    """
+
+    def __init__(
+        self,
+        source: VideoList | Mixture,
+        transform,
+        clip_frames: int = 16,
+        frame_step: int = 4,
+        seed: int = 0,
+        max_attempts: int = 10,
+        backend: str = "pyav",
+    ) -> None:
+        self.lists = source.lists if isinstance(source, Mixture) else [source]
+        self.offsets = np.cumsum([0] + [len(lst) for lst in self.lists])
+        self.transform = transform
+        self.clip_frames, self.frame_step = clip_frames, frame_step
+        self.seed, self.max_attempts, self.backend = seed, max_attempts, backend
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def item(self, index: int | tuple[int, int]) -> tuple[str, int]:
+        """``(path, label)`` of a flat index (lists concatenated in order) or a ``(list, sample)`` pair."""
+        if isinstance(index, tuple):
+            which, local = index
+        else:
+            which = int(np.searchsorted(self.offsets, index, side="right") - 1)
+            local = index - int(self.offsets[which])
+        path, label = self.lists[which][local]
+        return str(path), int(label)
+
+    def load(self, path: str, rng: np.random.Generator) -> torch.Tensor:
+        """Decode one clip of ``path``: uint8 ``[clip_frames, H, W, 3]``."""
+        if is_image(path):
+            return decode_frames(path, [0] * self.clip_frames)
+        indices = clip_indices(probe(path).num_frames, self.clip_frames, self.frame_step, rng=rng)
+        return decode_frames(path, indices, backend=self.backend)
+
+    def __getitem__(self, key: int | tuple[int, int | tuple[int, int]]) -> Sample:
+        """``key``: ``(step, index)`` as built by StepBatchSampler, or a bare flat index (step 0)."""
+        step, index = key if isinstance(key, tuple) else (0, key)
+        rng = np.random.default_rng((self.seed, step, *(index if isinstance(index, tuple) else (index,))))
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        skipped: list[tuple[str, str]] = []
+        for _ in range(self.max_attempts):
+            path, label = self.item(index)
+            try:
+                clip = self.load(path, rng)
+            except (VideoDecodeError, ValueError) as exc:
+                reason = getattr(exc, "reason", str(exc))
+                log.warning("skipping %s: %s", path, reason)
+                skipped.append((path, reason))
+                index = int(rng.integers(len(self)))
+                continue
+            return Sample(self.transform(clip, generator=generator), label, step, skipped)
+        examples = "; ".join(f"{p}: {r}" for p, r in skipped[:5])
+        raise TooManyBadFiles(f"{self.max_attempts} consecutive samples failed to decode ({examples})")
+
+
+class StepBatchSampler(Sampler[list[tuple]]):
+    """Batches of ``(step, index)`` keys: the global step rides along with every index.
+
+    ``indices`` is this rank's order for an epoch (e.g. a ``ShardedSampler``); batch ``i`` of
+    epoch ``e`` gets step ``start_step + e * len(self) + i`` after ``set_epoch(e)``.
+    """
+
+    def __init__(self, indices: Sampler[int] | Sequence[int], batch_size: int, start_step: int = 0, drop_last: bool = True):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.indices, self.batch_size, self.drop_last = indices, batch_size, drop_last
+        self.start_step, self.epoch = start_step, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.indices, "set_epoch"):
+            self.indices.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        n = len(self.indices)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        step = self.start_step + self.epoch * len(self)
+        batch: list = []
+        for index in self.indices:
+            batch.append(index)
+            if len(batch) == self.batch_size:
+                yield [(step, i) for i in batch]
+                step, batch = step + 1, []
+        if batch and not self.drop_last:
+            yield [(step, i) for i in batch]
+
+
+@dataclass
+class BatchCollator:
+    """``collate_fn``: stacks samples into a :class:`Batch` and attaches the masks of its step.
+
+    Raises :class:`TooManyBadFiles` (listing examples) when the skipped files exceed
+    ``max_bad_fraction`` of the batch's decode attempts.
+    """
+
+    mask_sampler: MaskSampler | None = None
+    max_bad_fraction: float = 0.5
+
+    def __call__(self, samples: Sequence[Sample]) -> Batch:
+        skipped = [s for sample in samples for s in sample.skipped]
+        attempts = len(samples) + len(skipped)
+        if len(skipped) > self.max_bad_fraction * attempts:
+            examples = "\n  ".join(f"{p}: {r}" for p, r in skipped[:8])
+            raise TooManyBadFiles(
+                f"{len(skipped)} of {attempts} decode attempts in one batch failed "
+                f"(more than max_bad_fraction={self.max_bad_fraction}); examples:\n  {examples}"
+            )
+        clips = torch.stack([s.clip for s in samples])
+        labels = torch.tensor([s.label for s in samples], dtype=torch.int64)
+        masks = [] if self.mask_sampler is None else self.mask_sampler.sample(len(samples), samples[0].step)
+        return Batch(clips, labels, masks, skipped)
+
+
+def video_loader(
+    dataset: VideoClips,
+    indices: Sampler[int] | Sequence[int],
+    batch_size: int,
+    mask_sampler: MaskSampler | None = None,
+    *,
+    num_workers: int = 0,
+    start_step: int = 0,
+    max_bad_fraction: float = 0.5,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader yielding :class:`Batch` es; call ``loader.batch_sampler.set_epoch(e)`` per epoch."""
+    return DataLoader(
+        dataset,
+        batch_sampler=StepBatchSampler(indices, batch_size, start_step),
+        collate_fn=BatchCollator(mask_sampler, max_bad_fraction),
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+    )

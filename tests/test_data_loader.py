@@ -1,0 +1,131 @@
+"""The loader end to end: real video files -> (clips, labels, masks), robust to bad files."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from salt_fast.data import (
+    Mixture,
+    ShardedSampler,
+    TooManyBadFiles,
+    TrainTransform,
+    VideoClips,
+    VideoList,
+    make_synthetic_dataset,
+    video_loader,
+)
+from salt_fast.masking import MaskSampler
+
+FRAMES, STEP, SIZE = 8, 2, 32
+GRID = (FRAMES // 2, SIZE // 16, SIZE // 16)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    return make_synthetic_dataset(root, num_videos=8, frames=24, height=64, width=64, val_fraction=0.5, seed=3)
+
+
+def loader_for(source, batch_size=4, num_workers=0, max_bad_fraction=0.5, seed=0):
+    dataset = VideoClips(source, TrainTransform(size=SIZE), clip_frames=FRAMES, frame_step=STEP, seed=seed)
+    sampler = ShardedSampler(source if isinstance(source, Mixture) else len(source), seed=seed)
+    masks = MaskSampler(GRID, seed=seed)
+    return video_loader(dataset, sampler, batch_size, masks, num_workers=num_workers, max_bad_fraction=max_bad_fraction)
+
+
+def test_batches_carry_clips_labels_and_the_masks_of_their_step(synthetic):
+    videos = VideoList.from_file(synthetic["motion_train"])
+    loader = loader_for(videos)
+    batches = list(loader)
+    assert len(batches) == len(videos) // 4
+    reference = MaskSampler(GRID, seed=0)
+    for step, batch in enumerate(batches):
+        assert batch.clips.shape == (4, 3, FRAMES, SIZE, SIZE) and batch.clips.dtype == torch.float32
+        assert batch.labels.dtype == torch.int64 and set(batch.labels.tolist()) <= set(range(4))
+        assert abs(batch.clips.mean().item()) < 1.5  # ImageNet-normalised, not raw pixels
+        assert batch.skipped == []
+        for got, want in zip(batch.masks, reference.sample(4, step)):
+            assert torch.equal(got.context, want.context) and torch.equal(got.target, want.target)
+    # The next epoch continues the step count, so its masks are new.
+    loader.batch_sampler.set_epoch(1)
+    later = next(iter(loader))
+    assert torch.equal(later.masks[0].target, reference.sample(4, len(batches))[0].target)
+
+
+def test_workers_do_not_change_the_batches(synthetic):
+    videos = VideoList.from_file(synthetic["shape_train"])
+    alone = list(loader_for(videos, batch_size=2))
+    parallel = list(loader_for(videos, batch_size=2, num_workers=2))
+    for a, b in zip(alone, parallel, strict=True):
+        assert torch.equal(a.clips, b.clips) and torch.equal(a.labels, b.labels)
+        assert torch.equal(a.masks[1].context, b.masks[1].context)
+
+
+def bad_files(folder, good):
+    """One file of each broken kind, plus the list entry of a file that does not exist."""
+    (folder / "empty.mp4").write_bytes(b"")
+    (folder / "garbage.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    (folder / "text.webm").write_text("not a video at all\n")
+    data = good.read_bytes()
+    (folder / "truncated.webm").write_bytes(data[: len(data) // 10])
+    return ["missing.webm", "empty.mp4", "garbage.mp4", "text.webm", "truncated.webm"]
+
+
+def test_bad_files_are_skipped_logged_and_replaced(synthetic, tmp_path, caplog):
+    videos = VideoList.from_file(synthetic["motion_train"])
+    broken = bad_files(tmp_path, videos.paths[0])
+    lines = [f"{p} {label}" for p, label in zip(videos.paths, videos.labels)] + [f"{name} 0" for name in broken[:2]]
+    listing = tmp_path / "mixed.txt"
+    listing.write_text("\n".join(lines) + "\n")
+    mixed = VideoList.from_file(listing)
+    with caplog.at_level(logging.WARNING, logger="salt_fast.data"):
+        batches = list(loader_for(mixed, batch_size=3, max_bad_fraction=0.9))
+    assert sum(len(b) for b in (batch.clips for batch in batches)) == 3 * (len(mixed) // 3)  # nothing lost
+    skipped = [path for batch in batches for path, _ in batch.skipped]
+    assert skipped and all(p.endswith(("missing.webm", "empty.mp4")) for p in skipped)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("missing.webm" in m and "not found" in m for m in messages)
+    assert any("empty.mp4" in m and "empty" in m for m in messages)
+
+
+def test_a_batch_of_mostly_bad_files_stops_with_examples(synthetic, tmp_path):
+    videos = VideoList.from_file(synthetic["motion_train"])
+    broken = bad_files(tmp_path, videos.paths[0])
+    listing = tmp_path / "bad.txt"
+    listing.write_text("".join(f"{name} 1\n" for name in broken) + f"{videos.paths[0]} 2\n")
+    with pytest.raises(TooManyBadFiles) as err:
+        list(loader_for(VideoList.from_file(listing), batch_size=4, max_bad_fraction=0.2))
+    message = str(err.value)
+    assert "max_bad_fraction=0.2" in message and any(name in message for name in broken)
+
+
+def test_images_become_clips_and_mixtures_shard(synthetic, tmp_path):
+    image = np.random.default_rng(1).integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "still.png")
+    (tmp_path / "images.txt").write_text("still.png 7\n")
+    images = VideoList.from_file(tmp_path / "images.txt")
+    sample = VideoClips(images, TrainTransform(size=SIZE), clip_frames=FRAMES, frame_step=STEP)[0]
+    assert sample.label == 7 and torch.equal(sample.clip[:, 0], sample.clip[:, -1])  # one frame, repeated
+
+    mixture = Mixture([VideoList.from_file(synthetic["motion_train"]), images], weights=[0.5, 0.5])
+    batch = next(iter(loader_for(mixture, batch_size=4)))
+    assert batch.clips.shape == (4, 3, FRAMES, SIZE, SIZE)
+
+
+def test_data_benchmark_runs(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "data.py"
+    out = tmp_path / "data.json"
+    args = ["--videos", "4", "--frames", "24", "--batches", "1", "--batch-size", "2", "--workers", "0", "--out", str(out)]
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["results"]
+    assert {(r["path"], r["codec"]) for r in rows} >= {("pyav", "h264"), ("pyav", "vp9")}
+    assert all(r["clips_per_s"] > 0 for r in rows if r["path"] == "pyav")

@@ -30,7 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, environment, write_json  # noqa: E402
 
-from salt_fast.data import ShardedSampler, TrainTransform, VideoClips, VideoList, make_synthetic_dataset, video_loader  # noqa: E402
+from salt_fast.data import TrainTransform, VideoClips, VideoList, make_synthetic_dataset, video_loader  # noqa: E402
+from salt_fast.data.loader import epoch_order  # noqa: E402
 
 CLIP_FRAMES, FRAME_STEP, SIZE = 16, 4, 224
 
@@ -47,10 +48,7 @@ def time_batches(batches, count: int) -> float:
 
 def cpu_path(videos: VideoList, backend: str, workers: int, batch_size: int, count: int) -> float:
     dataset = VideoClips(videos, TrainTransform(size=SIZE), CLIP_FRAMES, FRAME_STEP, backend=backend)
-    # Enough indices for warm-up + count batches, cycling through the files.
-    loader = video_loader(dataset, ShardedSampler(len(videos)), batch_size, num_workers=workers)
-    loader.batch_sampler.indices = [i % len(videos) for i in range((count + 1) * batch_size)]
-    return time_batches(loader, count)
+    return time_batches(video_loader(dataset, epoch_order(videos), batch_size, num_workers=workers), count)
 
 
 def dali_path(videos: VideoList, device: str, batch_size: int, count: int) -> float:

@@ -9,7 +9,6 @@ from PIL import Image
 
 from salt_fast.data import (
     Mixture,
-    ShardedSampler,
     TooManyBadFiles,
     TrainTransform,
     VideoClips,
@@ -17,6 +16,7 @@ from salt_fast.data import (
     make_synthetic_dataset,
     video_loader,
 )
+from salt_fast.data.loader import epoch_order
 from salt_fast.masking import MaskSampler
 
 FRAMES, STEP, SIZE = 8, 2, 32
@@ -29,18 +29,22 @@ def synthetic(tmp_path_factory):
     return make_synthetic_dataset(root, num_videos=8, frames=24, height=64, width=64, val_fraction=0.5, seed=3)
 
 
-def loader_for(source, batch_size=4, num_workers=0, max_bad_fraction=0.5, seed=0):
+def loader_for(source, batch_size=4, num_workers=0, max_bad_fraction=0.5, seed=0, rank=0, world_size=1, start_step=0):
     dataset = VideoClips(source, TrainTransform(size=SIZE), clip_frames=FRAMES, frame_step=STEP, seed=seed)
-    sampler = ShardedSampler(source if isinstance(source, Mixture) else len(source), seed=seed)
     masks = MaskSampler(GRID, seed=seed)
-    return video_loader(dataset, sampler, batch_size, masks, num_workers=num_workers, max_bad_fraction=max_bad_fraction)
+    return video_loader(
+        dataset, epoch_order(source, seed), batch_size, masks, rank=rank, world_size=world_size,
+        start_step=start_step, num_workers=num_workers, max_bad_fraction=max_bad_fraction,
+    )  # fmt: skip
+
+
+def take(loader, n):
+    return [batch for batch, _ in zip(loader, range(n))]
 
 
 def test_batches_carry_clips_labels_and_the_masks_of_their_step(synthetic):
     videos = VideoList.from_file(synthetic["motion_train"])
-    loader = loader_for(videos)
-    batches = list(loader)
-    assert len(batches) == len(videos) // 4
+    batches = take(loader_for(videos), 3)  # the stream is endless: epochs roll over
     reference = MaskSampler(GRID, seed=0)
     for step, batch in enumerate(batches):
         assert batch.clips.shape == (4, 3, FRAMES, SIZE, SIZE) and batch.clips.dtype == torch.float32
@@ -49,16 +53,28 @@ def test_batches_carry_clips_labels_and_the_masks_of_their_step(synthetic):
         assert batch.skipped == []
         for got, want in zip(batch.masks, reference.sample(4, step)):
             assert torch.equal(got.context, want.context) and torch.equal(got.target, want.target)
-    # The next epoch continues the step count, so its masks are new.
-    loader.batch_sampler.set_epoch(1)
-    later = next(iter(loader))
-    assert torch.equal(later.masks[0].target, reference.sample(4, len(batches))[0].target)
+    # Resuming at a step gives exactly the batch that step had.
+    resumed = next(iter(loader_for(videos, start_step=2)))
+    assert torch.equal(resumed.clips, batches[2].clips) and torch.equal(resumed.masks[1].target, batches[2].masks[1].target)
+
+
+def test_two_ranks_reproduce_one_process(synthetic):
+    videos = VideoList.from_file(synthetic["motion_train"])
+    whole = take(loader_for(videos, batch_size=4), 2)
+    halves = [take(loader_for(videos, batch_size=2, rank=r, world_size=2), 2) for r in range(2)]
+    for step, batch in enumerate(whole):
+        parts = [halves[0][step], halves[1][step]]
+        assert torch.equal(torch.cat([p.clips for p in parts]), batch.clips)
+        for config in range(2):
+            for field in ("context", "target"):
+                joined = torch.cat([getattr(p.masks[config], field) for p in parts])
+                assert torch.equal(joined, getattr(batch.masks[config], field))
 
 
 def test_workers_do_not_change_the_batches(synthetic):
     videos = VideoList.from_file(synthetic["shape_train"])
-    alone = list(loader_for(videos, batch_size=2))
-    parallel = list(loader_for(videos, batch_size=2, num_workers=2))
+    alone = take(loader_for(videos, batch_size=2), 3)
+    parallel = take(loader_for(videos, batch_size=2, num_workers=2), 3)
     for a, b in zip(alone, parallel, strict=True):
         assert torch.equal(a.clips, b.clips) and torch.equal(a.labels, b.labels)
         assert torch.equal(a.masks[1].context, b.masks[1].context)
@@ -82,8 +98,8 @@ def test_bad_files_are_skipped_logged_and_replaced(synthetic, tmp_path, caplog):
     listing.write_text("\n".join(lines) + "\n")
     mixed = VideoList.from_file(listing)
     with caplog.at_level(logging.WARNING, logger="salt_fast.data"):
-        batches = list(loader_for(mixed, batch_size=3, max_bad_fraction=0.9))
-    assert sum(len(b) for b in (batch.clips for batch in batches)) == 3 * (len(mixed) // 3)  # nothing lost
+        batches = take(loader_for(mixed, batch_size=3, max_bad_fraction=0.9), 4)
+    assert all(batch.clips.shape[0] == 3 for batch in batches)  # every bad file was replaced
     skipped = [path for batch in batches for path, _ in batch.skipped]
     assert skipped and all(p.endswith(("missing.webm", "empty.mp4")) for p in skipped)
     messages = [r.getMessage() for r in caplog.records]
@@ -97,7 +113,7 @@ def test_a_batch_of_mostly_bad_files_stops_with_examples(synthetic, tmp_path):
     listing = tmp_path / "bad.txt"
     listing.write_text("".join(f"{name} 1\n" for name in broken) + f"{videos.paths[0]} 2\n")
     with pytest.raises(TooManyBadFiles) as err:
-        list(loader_for(VideoList.from_file(listing), batch_size=4, max_bad_fraction=0.2))
+        take(loader_for(VideoList.from_file(listing), batch_size=4, max_bad_fraction=0.2), 1)
     message = str(err.value)
     assert "max_bad_fraction=0.2" in message and any(name in message for name in broken)
 

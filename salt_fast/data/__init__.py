@@ -7,7 +7,7 @@ PyAV and pillow.
 
 from .decode import VideoDecodeError, VideoInfo, decode_frames, probe
 from .lists import Mixture, ShardedSampler, VideoList, is_image, shard
-from .loader import Batch, BatchCollator, StepBatchSampler, TooManyBadFiles, VideoClips, video_loader
+from .loader import Batch, BatchCollator, StepBatchSampler, TooManyBadFiles, VideoClips, epoch_order, video_loader
 from .sampling import clip_indices, eval_clip_starts, frame_step_for_fps
 from .synthetic import SyntheticClips, make_synthetic_dataset, render_clip, write_video
 from .transforms import EvalTransform, TrainTransform
@@ -28,6 +28,7 @@ __all__ = [
     "VideoList",
     "clip_indices",
     "decode_frames",
+    "epoch_order",
     "eval_clip_starts",
     "frame_step_for_fps",
     "is_image",

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from salt_fast.masking import MaskBatch, MaskSampler
 
 from .decode import VideoDecodeError, decode_frames, probe
-from .lists import Mixture, VideoList, is_image
+from .lists import Mixture, ShardedSampler, VideoList, is_image
 from .sampling import clip_indices
 
 log = logging.getLogger("salt_fast.data")
@@ -124,37 +124,51 @@ class VideoClips(Dataset):
 
 
 class StepBatchSampler(Sampler[list[tuple]]):
-    """Batches of ``(step, index)`` keys: the global step rides along with every index.
+    """An endless stream of batches of ``(step, index)`` keys, from any step on.
 
-    ``indices`` is this rank's order for an epoch (e.g. a ``ShardedSampler``); batch ``i`` of
-    epoch ``e`` gets step ``start_step + e * len(self) + i`` after ``set_epoch(e)``.
+    Global batch ``step`` is the slice ``[pos * G, (pos + 1) * G)`` of epoch ``e``'s order,
+    with ``G = batch_size * world_size`` and ``e, pos = divmod(step, steps_per_epoch)``;
+    rank ``r`` takes the ``r``-th ``batch_size`` rows of it. So a global batch holds the same
+    samples whatever the number of processes (2 processes reproduce 1 process at the same
+    global batch), resuming at step ``s`` continues at the exact data position, and epochs
+    roll over by themselves (the partial last global batch of an epoch is dropped).
+
+    Args:
+        epoch_order: ``epoch -> sequence of dataset indices`` (e.g. :func:`epoch_order`).
+        batch_size: samples per process.
     """
 
-    def __init__(self, indices: Sampler[int] | Sequence[int], batch_size: int, start_step: int = 0, drop_last: bool = True):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.indices, self.batch_size, self.drop_last = indices, batch_size, drop_last
-        self.start_step, self.epoch = start_step, 0
+    def __init__(self, epoch_order, batch_size: int, *, rank: int = 0, world_size: int = 1, start_step: int = 0):
+        if batch_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}")
+        self.epoch_order, self.batch_size = epoch_order, batch_size
+        self.rank, self.world_size, self.start_step = rank, world_size, start_step
+        self.global_batch = batch_size * world_size
+        self.steps_per_epoch = len(epoch_order(0)) // self.global_batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"an epoch of {len(epoch_order(0))} samples is smaller than one global batch of {self.global_batch}")
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        if hasattr(self.indices, "set_epoch"):
-            self.indices.set_epoch(epoch)
+    def __iter__(self) -> Iterator[list[tuple]]:
+        step, cached = self.start_step, (None, None)
+        while True:
+            epoch, pos = divmod(step, self.steps_per_epoch)
+            if cached[0] != epoch:
+                cached = (epoch, list(self.epoch_order(epoch)))
+            first = pos * self.global_batch + self.rank * self.batch_size
+            yield [(step, index) for index in cached[1][first : first + self.batch_size]]
+            step += 1
 
-    def __len__(self) -> int:
-        n = len(self.indices)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        step = self.start_step + self.epoch * len(self)
-        batch: list = []
-        for index in self.indices:
-            batch.append(index)
-            if len(batch) == self.batch_size:
-                yield [(step, i) for i in batch]
-                step, batch = step + 1, []
-        if batch and not self.drop_last:
-            yield [(step, i) for i in batch]
+def epoch_order(source: VideoList | Mixture, seed: int = 0, shuffle: bool = True):
+    """``epoch -> list of indices`` for :class:`StepBatchSampler`: a fresh permutation per epoch
+    (``(list, sample)`` pairs drawn by the mixture's weights for a :class:`Mixture`)."""
+    sampler = ShardedSampler(source if isinstance(source, Mixture) else len(source), seed=seed, shuffle=shuffle)
+
+    def order(epoch: int) -> list:
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    return order
 
 
 @dataclass
@@ -167,6 +181,8 @@ class BatchCollator:
 
     mask_sampler: MaskSampler | None = None
     max_bad_fraction: float = 0.5
+    rank: int = 0
+    world_size: int = 1
 
     def __call__(self, samples: Sequence[Sample]) -> Batch:
         skipped = [s for sample in samples for s in sample.skipped]
@@ -179,26 +195,42 @@ class BatchCollator:
             )
         clips = torch.stack([s.clip for s in samples])
         labels = torch.tensor([s.label for s in samples], dtype=torch.int64)
-        masks = [] if self.mask_sampler is None else self.mask_sampler.sample(len(samples), samples[0].step)
-        return Batch(clips, labels, masks, skipped)
+        return Batch(clips, labels, self.masks(len(samples), samples[0].step), skipped)
+
+    def masks(self, batch_size: int, step: int) -> list[MaskBatch]:
+        """This rank's rows of the global batch's masks: every rank truncates to the same global
+        minimum, so shapes agree across ranks and match a single process at the same global batch."""
+        if self.mask_sampler is None:
+            return []
+        rows = slice(self.rank * batch_size, (self.rank + 1) * batch_size)
+        return [
+            MaskBatch(*(None if t is None else t[rows] for t in m))
+            for m in self.mask_sampler.sample(batch_size * self.world_size, step)
+        ]
 
 
 def video_loader(
     dataset: VideoClips,
-    indices: Sampler[int] | Sequence[int],
+    order,
     batch_size: int,
     mask_sampler: MaskSampler | None = None,
     *,
-    num_workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
     start_step: int = 0,
+    num_workers: int = 0,
     max_bad_fraction: float = 0.5,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """A DataLoader yielding :class:`Batch` es; call ``loader.batch_sampler.set_epoch(e)`` per epoch."""
+    """An endless DataLoader of :class:`Batch` es from global step ``start_step`` on.
+
+    ``order`` is ``epoch -> indices`` (see :func:`epoch_order`); batches and masks depend only
+    on (seed, step), not on ``num_workers`` or ``world_size``.
+    """
     return DataLoader(
         dataset,
-        batch_sampler=StepBatchSampler(indices, batch_size, start_step),
-        collate_fn=BatchCollator(mask_sampler, max_bad_fraction),
+        batch_sampler=StepBatchSampler(order, batch_size, rank=rank, world_size=world_size, start_step=start_step),
+        collate_fn=BatchCollator(mask_sampler, max_bad_fraction, rank, world_size),
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,

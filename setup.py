@@ -47,7 +47,17 @@ setup(
     package_dir={"salt_fast.kernels": "kernels"},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension},
-    install_requires=["torch>=2.4", "numpy>=1.24", "pyyaml>=6.0", "av>=12.0", "pillow>=10.0"],
+    install_requires=[
+        "torch>=2.4",
+        "numpy>=1.24",
+        "pyyaml>=6.0",
+        "av>=12.0",  # CPU video decoding (bundles its own FFmpeg)
+        "pillow>=10.0",
+        "safetensors>=0.4",  # encoder exports
+        "tqdm>=4.60",
+        "tensorboard>=2.14",
+        "matplotlib>=3.7",  # loss-curve plots
+    ],
     extras_require={
         # NVIDIA DALI: GPU video decoding (NVDEC); its CPU variant decodes VP8/VP9/MJPEG.
         "dali": [DALI],

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from salt_fast.kernels import latent_l1_loss
+from salt_fast.kernels import latent_l1_loss, pixel_mse_loss
 from salt_fast.masking import MaskBatch
 
 
@@ -40,4 +40,27 @@ def salt_loss(
         context = student(video, m.context, m.context_valid)
         pred = predictor(context, m.context, m.target, grid, index, m.context_valid, m.target_valid)
         losses.append(latent_l1_loss(pred, teacher_out, m.target, valid=m.target_valid))
+    return torch.stack(losses).mean(), losses
+
+
+def pixel_loss(
+    encoder: nn.Module,
+    decoder: nn.Module,
+    video: Tensor,
+    masks: Sequence[MaskBatch],
+    grid: tuple[int, int, int],
+) -> tuple[Tensor, list[Tensor]]:
+    """SALT Stage 1 (V-Pixel): reconstruct the normalised pixels of the masked tubelets.
+
+    For each mask configuration: encoder on the context, the pixel decoder at the targets,
+    MSE to each target tubelet's per-channel normalised pixels (VideoMAE's target, fused in
+    ``pixel_mse_loss``); the loss is the mean over configurations. The per-patch normalisation
+    makes the target independent of the clip's ImageNet normalisation.
+    """
+    tubelet, patch = encoder.cfg.tubelet_size, encoder.cfg.patch_size
+    losses = []
+    for index, m in enumerate(masks):
+        context = encoder(video, m.context, m.context_valid)
+        pred = decoder(context, m.context, m.target, grid, index, m.context_valid, m.target_valid)
+        losses.append(pixel_mse_loss(pred, video, m.target, tubelet, patch, valid=m.target_valid))
     return torch.stack(losses).mean(), losses

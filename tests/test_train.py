@@ -1,0 +1,175 @@
+"""The training loop: every stage learns, teachers stay frozen, runs resume exactly and fail safely."""
+
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from salt_fast import checkpoint as ckpt
+from salt_fast.config import load_config
+from salt_fast.masking import MaskSampler
+from salt_fast.models import build_encoder
+from salt_fast.train import NonFiniteLoss, build_models, train
+
+TINY_SHAPE = {"depth": 1, "embed_dim": 48, "num_heads": 2, "mlp_hidden": 96}
+
+
+def tiny(out, synthetic, stage="pixel", **extra):
+    overrides = {
+        "stage": stage,
+        "output_dir": str(out),
+        "model.encoder": "vit_tiny",
+        "model.teacher": "vit_tiny",
+        "model.encoder_overrides": TINY_SHAPE,
+        "model.teacher_overrides": TINY_SHAPE,
+        "model.predictor_overrides": {"embed_dim": 48, "depth": 1, "num_heads": 2, "mlp_hidden": 96},
+        "data.frames": 4,
+        "data.resolution": 32,
+        "data.batch_size": 2,
+        "data.num_workers": 0,
+        "data.synthetic_videos": 8,
+        "data.synthetic_dir": str(synthetic),
+        "optim.steps": 6,
+        "optim.warmup_steps": 2,
+        "optim.lr_peak": 1e-3,
+        "optim.grad_clip": 1.0,
+        "checkpoint.every": 2,
+        "log.every": 1,
+        "log.tensorboard": False,
+        "log.progress": False,
+        **extra,
+    }
+    return [f"{k}={v}" for k, v in overrides.items()]
+
+
+def losses(out):
+    """step -> loss from metrics.csv; a resumed run's rows replace the killed run's."""
+    with open(Path(out) / "metrics.csv") as f:
+        return {int(row["step"]): float(row["loss"]) for row in csv.DictReader(f)}
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    return tmp_path_factory.mktemp("synthetic")
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("teacher") / "encoder.safetensors"
+    ckpt.export_encoder(build_encoder("vit_tiny", **TINY_SHAPE), path)
+    return path
+
+
+@pytest.mark.parametrize("stage", ["pixel", "salt", "vjepa"])
+def test_every_stage_learns_a_fixed_batch(stage, teacher_file, tmp_path):
+    cfg = load_config(None, tiny(tmp_path, tmp_path, stage, **{"model.teacher_checkpoint": str(teacher_file)}))
+    learner, teacher = build_models(cfg, num_masks=2)
+    clips = torch.randn(2, 3, 4, 32, 32)
+    grid = learner.encoder.token_grid(clips.shape)
+    masks = MaskSampler(grid, seed=0).sample(2, 0)
+    teacher_out = None if teacher is None else teacher(clips).detach()
+    optimizer = torch.optim.AdamW(learner.parameters(), lr=1e-3)
+    history = []
+    for _ in range(30):
+        loss, _ = learner(clips, masks, grid, teacher_out)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(loss.item())
+    assert history[-1] < 0.85 * history[0], history
+
+
+def test_salt_teacher_is_frozen_and_vjepa_teacher_is_an_ema(teacher_file, synthetic, tmp_path):
+    cfg = load_config(None, tiny(tmp_path / "s", synthetic, "salt", **{"model.teacher_checkpoint": str(teacher_file)}))
+    _, teacher = build_models(cfg, num_masks=2)
+    assert not teacher.training and all(not p.requires_grad for p in teacher.parameters())
+    train(load_config(None, tiny(tmp_path / "s", synthetic, "salt", **{"model.teacher_checkpoint": str(teacher_file)})))
+    reference = build_encoder("vit_tiny", **TINY_SHAPE)
+    ckpt.load_encoder_weights(reference, teacher_file)
+    state = ckpt.load_latest(tmp_path / "s" / "checkpoints")[1]
+    assert not any(k.startswith("teacher") for k in state["model"])  # the teacher is not trained or saved
+
+    # vjepa: after the run the teacher equals the EMA recursion over the saved students.
+    out = tmp_path / "v"
+    train(load_config(None, tiny(out, synthetic, "vjepa", **{"optim.steps": 2, "checkpoint.every": 1, "optim.ema_momentum": 0.5})))
+    first, second = (ckpt.load_checkpoint(out / "checkpoints" / f"step_{s:08d}.pt") for s in (1, 2))
+    for name, value in second["teacher"].items():
+        expected = 0.5 * first["teacher"][name] + 0.5 * second["model"][f"encoder.{name}"]
+        torch.testing.assert_close(value, expected)
+
+
+def test_missing_teacher_is_an_error_before_any_step(synthetic, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        train(load_config(None, tiny(tmp_path, synthetic, "salt", **{"model.teacher_checkpoint": str(tmp_path / "nope.safetensors")})))
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def run_cli(args, env=None, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "salt_fast.train", *args], env={**os.environ, **(env or {})}, **kwargs)
+
+
+def test_kill_and_resume_continues_the_same_loss_curve(synthetic, tmp_path):
+    extra = {"optim.steps": 10}
+    whole = tmp_path / "whole"
+    assert run_cli(tiny(whole, synthetic, **extra)).wait() == 0
+
+    cut = tmp_path / "cut"
+    proc = run_cli(tiny(cut, synthetic, **extra), stdout=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (cut / "checkpoints" / "step_00000004.pt").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before its 4th step was saved"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert run_cli(tiny(cut, synthetic, **extra)).wait() == 0  # resume=auto
+    assert losses(cut) == losses(whole)  # bit for bit on the CPU
+
+
+def test_corrupt_newest_checkpoint_falls_back_with_a_warning(synthetic, tmp_path):
+    train(load_config(None, tiny(tmp_path, synthetic, **{"optim.steps": 4})))
+    newest = tmp_path / "checkpoints" / "step_00000004.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    with pytest.warns(ckpt.CheckpointWarning, match="step_00000004.pt"):
+        summary = train(load_config(None, tiny(tmp_path, synthetic, **{"optim.steps": 6})))
+    assert summary["steps"] == 6 and (tmp_path / "checkpoints" / "step_00000006.pt").exists()
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synthetic, tmp_path):
+    overrides = {"optim.lr_start": 1e30, "optim.lr_peak": 1e30, "optim.grad_clip": 1e30, "checkpoint.every": 1, "optim.steps": 20}
+    with pytest.raises(NonFiniteLoss, match="last good checkpoint"):
+        train(load_config(None, tiny(tmp_path, synthetic, **overrides)))
+    path, state = ckpt.load_latest(tmp_path / "checkpoints")
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+def test_two_gloo_processes_reproduce_one_process(synthetic, tmp_path):
+    one = tmp_path / "one"
+    assert run_cli(tiny(one, synthetic, **{"data.batch_size": 4, "optim.steps": 3})).wait() == 0
+    two = tmp_path / "two"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m", "salt_fast.train"]
+    done = subprocess.run([*cmd, *tiny(two, synthetic, **{"data.batch_size": 2, "optim.steps": 3})], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = losses(one), losses(two)
+    assert a.keys() == b.keys()
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-4)
+
+
+def test_resuming_another_runs_checkpoint_is_a_clear_error(synthetic, tmp_path):
+    train(load_config(None, tiny(tmp_path, synthetic, **{"optim.steps": 2})))
+    other = tiny(tmp_path, synthetic, **{"optim.steps": 4, "model.encoder_overrides": {**TINY_SHAPE, "depth": 2}})
+    with pytest.raises(ValueError, match="another stage or model"):
+        train(load_config(None, other))
+
+
+def test_dali_decoder_trains_on_the_cpu(synthetic, tmp_path):
+    pytest.importorskip("nvidia.dali")
+    summary = train(load_config(None, tiny(tmp_path, synthetic, **{"data.decoder": "dali", "optim.steps": 3})))
+    assert math.isfinite(summary["last_loss"])

@@ -32,6 +32,7 @@ from salt_fast.data import TrainTransform, VideoClips, VideoList, make_synthetic
 from salt_fast.data.lists import Mixture
 from salt_fast.data.loader import Batch, BatchCollator, epoch_order
 from salt_fast.masking import MULTI_BLOCK, MULTI_RANDOM_TUBE, RANDOM_TUBE, MaskSampler
+from salt_fast.flops import peak_flops, step_flops
 from salt_fast.metrics import MetricsLogger, ProgressBar, peak_memory_mb, plot_metrics
 from salt_fast.models import build_encoder, build_pixel_decoder, build_predictor
 from salt_fast.models.vit import set_activation_checkpointing
@@ -242,8 +243,10 @@ def train(cfg: TrainConfig) -> dict:
     progress = ProgressBar(cfg.optim.steps, initial=start_step, enabled=cfg.log.progress and rt.rank == 0)
     o = cfg.optim
     losses: list[float] = []
-    clips_seen, wait, window_start = 0, 0.0, time.perf_counter()
+    clips_seen, wait, window_flops, window_start = 0, 0.0, 0, time.perf_counter()
     batches = iter(loader)
+    n_all = grid[0] * grid[1] * grid[2]
+    peak = peak_flops(rt.device)
 
     for step in range(start_step, o.steps):
         t0 = time.perf_counter()
@@ -275,6 +278,7 @@ def train(cfg: TrainConfig) -> dict:
             ema_update(teacher, learner.encoder, o.ema_momentum)
 
         clips_seen += clips.shape[0] * rt.world_size
+        window_flops += step_flops(learner.encoder, learner.head, masks, n_all, teacher)
         loss_value = mean_across(loss, rt)
         losses.append(loss_value)
         progress.update(1, loss=f"{loss_value:.4f}")
@@ -289,11 +293,13 @@ def train(cfg: TrainConfig) -> dict:
                 weight_decay=sched["wd"],
                 grad_norm=float(grad_norm),
                 clips_per_s=clips_seen / elapsed,
+                tflops_per_gpu=window_flops / elapsed / 1e12,  # exact count of this process's work
+                mfu=window_flops / elapsed / peak if peak else 0.0,  # against the dense bf16 peak
                 data_wait_s=wait,
                 skipped_files=len(batch.skipped),
                 peak_memory_mb=peak_memory_mb(rt.device) or 0.0,
             )
-            clips_seen, wait, window_start = 0, 0.0, time.perf_counter()
+            clips_seen, wait, window_flops, window_start = 0, 0.0, 0, time.perf_counter()
         if done % cfg.checkpoint.every == 0 or done == o.steps:
             state = {
                 "step": done,

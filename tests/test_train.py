@@ -93,6 +93,9 @@ def test_salt_teacher_is_frozen_and_vjepa_teacher_is_an_ema(teacher_file, synthe
     train(load_config(None, tiny(tmp_path / "s", synthetic, "salt", **{"model.teacher_checkpoint": str(teacher_file)})))
     reference = build_encoder("vit_tiny", **TINY_SHAPE)
     ckpt.load_encoder_weights(reference, teacher_file)
+    with open(tmp_path / "s" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert all(float(r["tflops_per_gpu"]) > 0 and float(r["mfu"]) == 0.0 for r in rows)  # no known peak on a CPU
     state = ckpt.load_latest(tmp_path / "s" / "checkpoints")[1]
     assert not any(k.startswith("teacher") for k in state["model"])  # the teacher is not trained or saved
 

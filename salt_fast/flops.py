@@ -1,0 +1,79 @@
+"""Exact FLOPs of one training step of this implementation, and MFU.
+
+Counted analytically from the models' shapes and the step's real token counts: every
+matmul (qkv, attention projection, MLP, patch embedding, predictor in/out projections) and
+attention's two sequence-length-squared products (QK^T and AV, ``4 n^2 D`` per layer), at
+2 FLOPs per multiply-add. LayerNorm, softmax, GELU, RoPE and the losses are left out, as
+``torch.utils.flop_counter`` and MFU conventions do. Training costs 3x the forward of what
+is trained (forward + backward, no recomputation counted; the patch embedding 2x, as the
+clip needs no gradient); the frozen teacher costs its forward only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+# Dense bf16 tensor-core peaks from the datasheets, FLOP/s, by a substring of the device name.
+PEAK_BF16 = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
+
+
+def blocks_forward(cfg, n: int) -> int:
+    """One sequence of ``n`` tokens through ``cfg.depth`` blocks of width ``cfg.embed_dim``."""
+    d, hidden = cfg.embed_dim, cfg.mlp_hidden
+    matmuls = 2 * n * (3 * d * d + d * d + 2 * d * hidden)
+    attention = 4 * n * n * d
+    return cfg.depth * (matmuls + attention)
+
+
+def patch_embed_forward(encoder, n_all: int) -> int:
+    """The Conv3d patch embedding over all ``n_all`` tokens of a clip."""
+    cfg = encoder.cfg
+    return 2 * n_all * cfg.in_chans * cfg.tubelet_size * cfg.patch_size**2 * cfg.embed_dim
+
+
+def encoder_forward(encoder, n_tokens: int, n_all: int) -> int:
+    """Encoder on ``n_tokens`` of a clip's ``n_all`` tokens (the patch embedding sees them all)."""
+    return patch_embed_forward(encoder, n_all) + blocks_forward(encoder.cfg, n_tokens)
+
+
+def predictor_forward(predictor, n_context: int, n_target: int) -> int:
+    """Predictor / pixel decoder: embed the context, run the blocks on context + targets,
+    project the targets."""
+    cfg = predictor.cfg
+    return (
+        2 * n_context * predictor.in_dim * cfg.embed_dim
+        + blocks_forward(cfg, n_context + n_target)
+        + 2 * n_target * cfg.embed_dim * predictor.out_dim
+    )
+
+
+def step_flops(encoder, head, masks: Sequence, n_all: int, teacher=None) -> int:
+    """FLOPs of one training step on one process.
+
+    Args:
+        encoder, head: the trained encoder and its predictor / pixel decoder.
+        masks: the step's ``MaskBatch`` es (their id tensors give batch size and token counts;
+            padding slots count, since they are computed).
+        n_all: tokens per clip (``T*H*W``).
+        teacher: the frozen teacher (salt / vjepa), run forward on all tokens.
+    """
+    total = 0
+    for m in masks:
+        batch, n_context = m.context.shape
+        n_target = m.target.shape[1]
+        # The clip needs no gradient, so the patch embedding's backward is its weight grad only.
+        trained = 3 * (blocks_forward(encoder.cfg, n_context) + predictor_forward(head, n_context, n_target))
+        total += batch * (trained + 2 * patch_embed_forward(encoder, n_all))
+    if teacher is not None and masks:
+        total += masks[0].context.shape[0] * encoder_forward(teacher, n_all, n_all)
+    return total
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """The device's dense bf16 peak in FLOP/s, or None when unknown (e.g. CPUs)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16.items() if key in name), None)

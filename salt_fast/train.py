@@ -25,6 +25,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 from salt_fast import checkpoint as ckpt
 from salt_fast.config import TrainConfig, config_to_dict, load_config, save_config
@@ -169,6 +176,8 @@ def wrap(learner: Learner, cfg: TrainConfig, rt: Runtime) -> nn.Module:
         set_activation_checkpointing(learner)
     model: nn.Module = learner
     if rt.world_size > 1 and cfg.runtime.distributed == "fsdp":
+        if cfg.stage == "vjepa":
+            raise ValueError("stage 'vjepa' updates its EMA teacher from full weights every step: use runtime.distributed=ddp")
         from torch.distributed.fsdp import fully_shard
 
         for blocks in (learner.encoder.blocks, learner.head.predictor_blocks):
@@ -209,6 +218,8 @@ def train(cfg: TrainConfig) -> dict:
     learner.to(rt.device)
     if teacher is not None:
         teacher.to(rt.device)
+    model = wrap(learner, cfg, rt)
+    # After wrapping: FSDP2 replaces the parameters with sharded ones.
     optimizer = build_optimizer([learner], betas=tuple(cfg.optim.betas), lr=cfg.optim.lr_start)
 
     start_step = 0
@@ -226,8 +237,8 @@ def train(cfg: TrainConfig) -> dict:
                     f"{path} was written by a run with another stage or model ({saved}); "
                     f"use a fresh output_dir or checkpoint.resume=never"
                 )
-            learner.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
+            set_model_state_dict(learner, state["model"], options=StateDictOptions(full_state_dict=True))
+            set_optimizer_state_dict(learner, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
             if cfg.stage == "vjepa":
                 teacher.load_state_dict(state["teacher"])
             ckpt.set_rng_state(state["rng"][rt.rank] if isinstance(state["rng"], list) else state["rng"])
@@ -238,7 +249,6 @@ def train(cfg: TrainConfig) -> dict:
     frames, res = cfg.data.frames, cfg.data.resolution
     grid = learner.encoder.token_grid((1, learner.encoder.cfg.in_chans, frames, res, res))
     loader = build_data(cfg, rt, grid, start_step)
-    model = wrap(learner, cfg, rt)
     logger = MetricsLogger(out, rank=rt.rank, tensorboard=cfg.log.tensorboard)
     progress = ProgressBar(cfg.optim.steps, initial=start_step, enabled=cfg.log.progress and rt.rank == 0)
     o = cfg.optim
@@ -273,6 +283,8 @@ def train(cfg: TrainConfig) -> dict:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(learner.parameters(), o.grad_clip)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+            grad_norm = grad_norm.full_tensor()
         optimizer.step()
         if cfg.stage == "vjepa":
             ema_update(teacher, learner.encoder, o.ema_momentum)
@@ -301,10 +313,11 @@ def train(cfg: TrainConfig) -> dict:
             )
             clips_seen, wait, window_flops, window_start = 0, 0.0, 0, time.perf_counter()
         if done % cfg.checkpoint.every == 0 or done == o.steps:
+            full = StateDictOptions(full_state_dict=True, cpu_offload=True)  # gathered unsharded on rank 0
             state = {
                 "step": done,
-                "model": learner.state_dict(),
-                "optimizer": optimizer.state_dict(),
+                "model": get_model_state_dict(learner, options=full),
+                "optimizer": get_optimizer_state_dict(learner, optimizer, options=full),
                 "rng": ckpt.rng_state(),
                 "config": config_to_dict(cfg),
             }
@@ -321,10 +334,13 @@ def train(cfg: TrainConfig) -> dict:
     progress.close()
     logger.close()
     summary = {"stage": cfg.stage, "steps": o.steps, "output_dir": str(out)}
+    weights = get_model_state_dict(learner, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rt.rank == 0:
         export = out / "encoder.safetensors"
         meta = {"preset": cfg.model.encoder, "overrides": repr(cfg.model.encoder_overrides), "stage": cfg.stage}
-        ckpt.export_encoder(learner.encoder, export, metadata=meta)
+        encoder = encoder_from(cfg, cfg.model.encoder, cfg.model.encoder_overrides)  # plain, unsharded
+        encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in weights.items() if k.startswith("encoder.")})
+        ckpt.export_encoder(encoder, export, metadata=meta)
         plot = plot_metrics(out / "metrics.csv", out / "loss.png")
         summary.update(
             first_loss=losses[0] if losses else math.nan,

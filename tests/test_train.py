@@ -152,17 +152,20 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synthetic, tmp
     assert all(torch.isfinite(t).all() for t in state["model"].values())
 
 
-def test_two_gloo_processes_reproduce_one_process(synthetic, tmp_path):
+@pytest.mark.parametrize(("distributed", "port"), [("ddp", 29517), ("fsdp", 29518)])
+def test_two_gloo_processes_reproduce_one_process(synthetic, tmp_path, distributed, port):
     one = tmp_path / "one"
     assert run_cli(tiny(one, synthetic, **{"data.batch_size": 4, "optim.steps": 3})).wait() == 0
     two = tmp_path / "two"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m", "salt_fast.train"]
-    done = subprocess.run([*cmd, *tiny(two, synthetic, **{"data.batch_size": 2, "optim.steps": 3})], capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m", "salt_fast.train"]
+    extra = {"data.batch_size": 2, "optim.steps": 3, "runtime.distributed": distributed}
+    done = subprocess.run([*cmd, *tiny(two, synthetic, **extra)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     a, b = losses(one), losses(two)
     assert a.keys() == b.keys()
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=1e-4)
+    assert (two / "encoder.safetensors").exists()
 
 
 def test_resuming_another_runs_checkpoint_is_a_clear_error(synthetic, tmp_path):

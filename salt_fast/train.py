@@ -58,6 +58,7 @@ class Runtime:
     rank: int
     world_size: int
     device: torch.device
+    bf16: bool
     autocast: object  # a context-manager factory
 
 
@@ -75,7 +76,7 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     bf16 = cfg.runtime.precision == "bf16" or (cfg.runtime.precision == "auto" and device.type == "cuda")
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
     os.environ["SALT_FAST_KERNELS"] = cfg.runtime.kernels
-    return Runtime(rank, world_size, device, autocast)
+    return Runtime(rank, world_size, device, bf16, autocast)
 
 
 def barrier(rt: Runtime) -> None:
@@ -217,7 +218,9 @@ def train(cfg: TrainConfig) -> dict:
     learner, teacher = build_models(cfg, num_masks)
     learner.to(rt.device)
     if teacher is not None:
-        teacher.to(rt.device)
+        # A frozen salt teacher runs in bf16 whenever training does (half the memory and
+        # traffic); the vjepa EMA teacher stays fp32 so its small updates are not lost.
+        teacher.to(rt.device, dtype=torch.bfloat16 if rt.bf16 and cfg.stage == "salt" else None)
     model = wrap(learner, cfg, rt)
     # After wrapping: FSDP2 replaces the parameters with sharded ones.
     optimizer = build_optimizer([learner], betas=tuple(cfg.optim.betas), lr=cfg.optim.lr_start)

@@ -77,3 +77,38 @@ def peak_flops(device: torch.device) -> float | None:
         return None
     name = torch.cuda.get_device_name(device)
     return next((peak for key, peak in PEAK_BF16.items() if key in name), None)
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's 6ND accounting (Appendix F): the rough estimate its Table 10 and Table 16 report.
+
+
+def six_nd(
+    stage: str,
+    n_encoder: float,
+    n_predictor: float,
+    tokens: int,
+    samples: float,
+    n_teacher: float | None = None,
+    context_fraction: float = 0.1,
+    num_masks: int = 2,
+) -> dict[str, float]:
+    """Training FLOPs by 6ND for one stage.
+
+    Per sample: the encoder sees ``num_masks * context_fraction * tokens`` tokens (D_e), the
+    predictor / decoder ``num_masks * tokens`` (D_p) and a frozen teacher ``tokens`` (D_t,
+    forward only: 2ND). ``stage``: "pixel" (no teacher), "salt" (teacher ``n_teacher``) or
+    "vjepa" (the EMA teacher has the encoder's size). ``N`` includes the patch embedding.
+
+    Returns ``{"D_e", "D_p", "D_t", "flops"}`` totals over ``samples`` (steps x batch).
+    """
+    if stage not in ("pixel", "salt", "vjepa"):
+        raise ValueError(f"stage must be pixel, salt or vjepa, got {stage!r}")
+    d_e = num_masks * context_fraction * tokens * samples
+    d_p = num_masks * tokens * samples
+    flops = 6 * n_encoder * d_e + 6 * n_predictor * d_p
+    d_t = 0.0
+    if stage != "pixel":
+        d_t = tokens * samples
+        flops += 2 * (n_encoder if stage == "vjepa" else n_teacher) * d_t
+    return {"D_e": d_e, "D_p": d_p, "D_t": d_t, "flops": flops}

@@ -205,6 +205,42 @@ def mean_across(value: torch.Tensor, rt: Runtime) -> float:
     return value.item()
 
 
+def masks_to(masks: list, device: torch.device) -> list:
+    """The step's MaskBatch es on ``device`` (padding masks included when present)."""
+    return [type(m)(*(None if t is None else t.to(device, non_blocking=True) for t in m)) for m in masks]
+
+
+def train_step(cfg: TrainConfig, rt: Runtime, model, learner, teacher, optimizer, clips, masks, grid, step: int):
+    """One optimizer step; the benchmarks time exactly this.
+
+    Sets the step's lr and weight decay, runs the frozen teacher (no grad) and the stage's
+    loss, stops before the update on a non-finite loss, clips the global grad norm, steps
+    AdamW and, for vjepa, the EMA teacher. Returns ``(loss, per_config_losses, grad_norm, schedule)``.
+    """
+    o = cfg.optim
+    sched = set_schedules(
+        optimizer, step, steps=o.steps, warmup_steps=o.warmup_steps, lr_start=o.lr_start, lr_peak=o.lr_peak,
+        lr_end=o.lr_end, wd_start=o.weight_decay_start, wd_end=o.weight_decay_end,
+    )  # fmt: skip
+    with rt.autocast():
+        teacher_out = None
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_out = teacher(clips)  # once per clip, all tokens, eval mode
+        loss, per_config = model(clips, masks, grid, teacher_out)
+    if not torch.isfinite(loss):
+        raise NonFiniteLoss(f"loss is {loss.item()} at step {step}; stopping before the update")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(learner.parameters(), o.grad_clip)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+        grad_norm = grad_norm.full_tensor()
+    optimizer.step()
+    if cfg.stage == "vjepa":
+        ema_update(teacher, learner.encoder, o.ema_momentum)
+    return loss, per_config, grad_norm, sched
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run (or resume) a training run; returns a summary dict."""
     rt = setup_runtime(cfg)
@@ -266,31 +302,14 @@ def train(cfg: TrainConfig) -> dict:
         batch = next(batches)
         wait += time.perf_counter() - t0
         clips = batch.clips.to(rt.device, non_blocking=True)
-        masks = [type(m)(*(None if t is None else t.to(rt.device, non_blocking=True) for t in m)) for m in batch.masks]
-        sched = set_schedules(
-            optimizer, step, steps=o.steps, warmup_steps=o.warmup_steps, lr_start=o.lr_start, lr_peak=o.lr_peak,
-            lr_end=o.lr_end, wd_start=o.weight_decay_start, wd_end=o.weight_decay_end,
-        )  # fmt: skip
-
-        with rt.autocast():
-            teacher_out = None
-            if teacher is not None:
-                with torch.no_grad():
-                    teacher_out = teacher(clips)  # once per clip, all tokens, eval mode
-            loss, per_config = model(clips, masks, grid, teacher_out)
-        if not torch.isfinite(loss):
+        masks = masks_to(batch.masks, rt.device)
+        try:
+            loss, per_config, grad_norm, sched = train_step(cfg, rt, model, learner, teacher, optimizer, clips, masks, grid, step)
+        except NonFiniteLoss as exc:
             raise NonFiniteLoss(
-                f"loss is {loss.item()} at step {step}; stopping before the update. The last good checkpoint "
-                f"in {out / 'checkpoints'} is intact (lower optim.lr_peak or raise optim.warmup_steps?)"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(learner.parameters(), o.grad_clip)
-        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
-            grad_norm = grad_norm.full_tensor()
-        optimizer.step()
-        if cfg.stage == "vjepa":
-            ema_update(teacher, learner.encoder, o.ema_momentum)
+                f"{exc}. The last good checkpoint in {out / 'checkpoints'} is intact "
+                "(lower optim.lr_peak or raise optim.warmup_steps?)"
+            ) from None
 
         clips_seen += clips.shape[0] * rt.world_size
         window_flops += step_flops(learner.encoder, learner.head, masks, n_all, teacher)

@@ -1,0 +1,67 @@
+"""benchmarks/throughput.py end to end on the CPU: every stage, tiny models, a few real steps."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--model", "vit_tiny", "--teacher", "vit_tiny", "--depth", "1", "--batch-size", "2",
+        "--frames", "4", "--resolution", "32", "--steps", "2"]  # fmt: skip
+RUN_KEYS = {
+    "kernels", "attention", "grid", "tokens_per_clip", "step_ms", "median_step_ms", "clips_per_s",
+    "flops_per_step", "flops_per_step_each", "tflops_per_s", "mfu_datasheet", "mfu_matmul_ceiling",
+    "peak_memory_mb", "paper_steps", "gpu_hours_projected", "full_run_flops_exact", "params",
+}  # fmt: skip
+PAPER_STEPS = {"pixel": 80_000, "salt": 160_000, "vjepa": 240_000}
+
+
+def run_script(tmp_path: Path, *extra: str) -> tuple[dict, str]:
+    out = tmp_path / "throughput.json"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # the CPU path, even on a GPU machine
+    env.pop("SALT_FAST_KERNELS", None)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), *TINY, *extra, "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(out.read_text()), proc.stdout
+
+
+def check_run(run: dict, stage: str) -> None:
+    assert RUN_KEYS <= set(run), RUN_KEYS - set(run)
+    assert run["clips_per_s"] > 0 and run["median_step_ms"] > 0 and run["tflops_per_s"] > 0
+    assert len(run["step_ms"]) == len(run["flops_per_step_each"]) == 2
+    assert all(f > 0 for f in run["flops_per_step_each"])
+    assert run["flops_per_step"] == pytest.approx(sum(run["flops_per_step_each"]) / 2)
+    assert run["grid"] == [2, 2, 2] and run["tokens_per_clip"] == 8
+    assert run["paper_steps"] == PAPER_STEPS[stage]
+    assert run["gpu_hours_projected"] == pytest.approx(PAPER_STEPS[stage] * 3072 / run["clips_per_s"] / 3600)
+    assert run["mfu_datasheet"] is None and run["peak_memory_mb"] is None  # CPU
+    assert (run["params"]["teacher"] > 0) == (stage != "pixel")
+
+
+@pytest.mark.parametrize("stage", ["salt", "vjepa"])
+def test_stage(tmp_path, stage):
+    record, stdout = run_script(tmp_path, "--stage", stage)
+    assert record["benchmark"] == "throughput" and record["args"]["stage"] == stage
+    assert {"device", "torch", "commit", "gpu_hours_formula", "matmul_ceiling_flops", "note"} <= set(record)
+    assert record["matmul_ceiling_flops"] is None
+    check_run(record["result"], stage)
+    assert "baseline" not in record
+    assert "not for claims" in stdout and "clips/s" in stdout
+
+
+def test_pixel_compare(tmp_path):
+    record, stdout = run_script(tmp_path, "--stage", "pixel", "--compare")
+    check_run(record["result"], "pixel")
+    check_run(record["baseline"], "pixel")
+    assert (record["baseline"]["kernels"], record["baseline"]["attention"]) == ("reference", "sdpa")
+    # Same masks (seed 0) and models: the same exact FLOPs.
+    assert record["baseline"]["flops_per_step_each"] == record["result"]["flops_per_step_each"]
+    speedup = record["result"]["clips_per_s"] / record["baseline"]["clips_per_s"]
+    assert record["speedup_vs_reference_sdpa"] == pytest.approx(speedup)
+    assert "speedup" in stdout

@@ -44,6 +44,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointWarning",
     "export_encoder",
+    "is_checkpoint_file",
     "list_checkpoints",
     "load_checkpoint",
     "load_encoder_weights",
@@ -222,6 +223,17 @@ def _read_verified_payload(path: Path) -> tuple[dict, bytes]:
             f"{path}: checksum mismatch (sha256 {digest} != recorded {record.get('sha256')})"
         )
     return record, payload
+
+
+def is_checkpoint_file(path) -> bool:
+    """Whether ``path`` ends with ``save_checkpoint``'s end marker (cheap: reads 8 bytes; no verification)."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, path.stat().st_size - len(_MAGIC)))
+            return f.read() == _MAGIC
+    except OSError:
+        return False
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

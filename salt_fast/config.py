@@ -494,6 +494,13 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Tr
     return validate_config(_build(TrainConfig, data))
 
 
+def config_from_dict(values: Mapping) -> TrainConfig:
+    """A config from nested dicts (e.g. the ``config`` entry of a training checkpoint), validated."""
+    data = config_to_dict(TrainConfig())
+    _merge(data, TrainConfig, values, "")
+    return validate_config(_build(TrainConfig, data))
+
+
 def save_config(cfg: TrainConfig, path: str) -> None:
     """Write the resolved config as YAML; ``load_config(path)`` gives back an equal config."""
     with open(path, "w", encoding="utf-8") as fh:

@@ -359,7 +359,8 @@ def train(cfg: TrainConfig) -> dict:
     weights = get_model_state_dict(learner, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rt.rank == 0:
         export = out / "encoder.safetensors"
-        meta = {"preset": cfg.model.encoder, "overrides": repr(cfg.model.encoder_overrides), "stage": cfg.stage}
+        meta = {"preset": cfg.model.encoder, "overrides": cfg.model.encoder_overrides, "rope_mode": cfg.model.rope_mode,
+                "stage": cfg.stage}  # fmt: skip
         encoder = encoder_from(cfg, cfg.model.encoder, cfg.model.encoder_overrides)  # plain, unsharded
         encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in weights.items() if k.startswith("encoder.")})
         ckpt.export_encoder(encoder, export, metadata=meta)

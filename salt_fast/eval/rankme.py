@@ -1,0 +1,72 @@
+"""RankMe (Garrido et al., 2023): the effective rank of an encoder's embeddings.
+
+``exp(H(p))`` with ``p_k = sigma_k / sum(sigma) + eps`` over the singular values ``sigma`` of
+the ``[n, D]`` embedding matrix: D for perfectly spread embeddings, 1 for collapsed ones.
+
+    python -m salt_fast.eval.rankme --checkpoint encoder.safetensors --list videos.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from salt_fast.data import VideoList
+
+from .encoders import load_encoder
+from .probe import ProbeConfig, encode_dataset
+
+__all__ = ["encoder_rankme", "rankme"]
+
+
+def rankme(embeddings: Tensor, eps: float = 1e-7) -> float:
+    """Effective rank of ``embeddings [n, D]`` (computed in float64)."""
+    if embeddings.ndim != 2 or min(embeddings.shape) < 1:
+        raise ValueError(f"expected a non-empty [n, D] matrix, got shape {tuple(embeddings.shape)}")
+    sigma = torch.linalg.svdvals(embeddings.double())
+    p = sigma / sigma.sum().clamp_min(torch.finfo(torch.float64).tiny) + eps
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def encoder_rankme(encoder: nn.Module, videos: VideoList, cfg: ProbeConfig, device: torch.device | str = "cpu") -> dict:
+    """RankMe of mean-pooled clip embeddings (one per video: tokens, clips and views averaged).
+
+    Returns ``{"rankme", "videos", "embed_dim", "skipped_videos"}``.
+    """
+    features = encode_dataset(encoder.eval(), videos, cfg, device, desc="encode")
+    pooled = features.tokens.float().mean(dim=(1, 2))  # [n, D]
+    return {
+        "rankme": rankme(pooled),
+        "videos": pooled.shape[0],
+        "embed_dim": pooled.shape[1],
+        "skipped_videos": features.skipped,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description="RankMe of an encoder's pooled clip embeddings.")
+    parser.add_argument("--checkpoint", required=True, help="encoder.safetensors, a training checkpoint / run dir, or random:PRESET")
+    parser.add_argument("--which", default="auto", choices=("auto", "encoder", "teacher"))
+    parser.add_argument("--list", required=True, help="'path label' lines (labels unused)")
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--frame-step", type=int, default=4)
+    parser.add_argument("--resolution", type=int, default=224)
+    parser.add_argument("--out", default=None, help="results JSON")
+    args = parser.parse_args(argv)
+    cfg = ProbeConfig(frames=args.frames, frame_step=args.frame_step, resolution=args.resolution)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    result = encoder_rankme(load_encoder(args.checkpoint, args.which), VideoList.from_file(args.list), cfg, device)
+    result["checkpoint"] = str(args.checkpoint)
+    print(f"RankMe {result['rankme']:.2f} of {result['embed_dim']} dims over {result['videos']} videos")
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()

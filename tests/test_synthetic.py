@@ -222,7 +222,7 @@ def test_synthetic_clips_labels():
     with pytest.raises(IndexError):
         motion[16]
     with pytest.raises(ValueError, match="task"):
-        SyntheticClips(4, task="colour")
+        SyntheticClips(4, task="size")
     batch = next(iter(torch.utils.data.DataLoader(motion, batch_size=4)))
     assert batch[0].shape == (4, 8, 48, 48, 3) and batch[1].shape == (4,)
 
@@ -288,3 +288,18 @@ def test_make_synthetic_dataset_errors(tmp_path):
         make_synthetic_dataset(tmp_path, num_videos=2, val_fraction=0.1)
     with pytest.raises(ValueError, match="codec"):
         make_synthetic_dataset(tmp_path, num_videos=8, codec="theora")
+
+
+def test_colour_task_lists_and_plain_backgrounds(tmp_path):
+    out = make_synthetic_dataset(tmp_path / "ds", num_videos=8, frames=8, height=64, width=64, seed=2, background="plain")
+    colour = VideoList.from_file(out["colour_val"])
+    meta = json.loads(out["labels"].read_text())
+    assert meta["background"] == "plain" and len(meta["colour"]) == len(COLOURS)
+    ds = SyntheticClips(8, 8, 64, 64, task="colour", seed=2)
+    for path, label in colour:
+        index = int(path.stem.split("_")[1])
+        assert ds[index][1] == label
+        frame = _decode(path)[0].reshape(-1, 3).astype(np.float64)
+        # Plain: the background is one colour, so most pixels equal the median pixel.
+        assert (np.abs(frame - np.median(frame, axis=0)).max(axis=1) < 6).mean() > 0.7
+    assert ds.classes == tuple(COLOURS)

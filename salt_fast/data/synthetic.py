@@ -1,12 +1,14 @@
 """Synthetic videos: real encoded files for the quickstart, tests and probe tasks.
 
 Each clip shows one shape (circle, square, triangle, cross) in a random colour moving at
-constant speed in one of four directions over a static textured background. Two probe
+constant speed in one of four directions over a static textured background. Three probe
 tasks come from the same videos:
 
 - ``motion``: label = direction index. A single frame cannot tell it (the start position
   is random and shapes are drawn with no orientation cue), so it needs temporal modelling.
 - ``shape``: label = shape index; answerable from any single frame (appearance).
+- ``colour``: label = index of the shape's colour in :data:`COLOURS` (appearance, easy;
+  drawn at random, so not balanced).
 
 :func:`write_video` is the shared helper other modules use to make video fixtures.
 """
@@ -71,6 +73,7 @@ _CODECS: dict[str, tuple[str, str, tuple[str, ...], dict[str, str]]] = {
 }
 
 _DEFAULT_SUFFIX = {"vp9": ".webm", "h264": ".mp4", "mjpeg": ".avi"}
+_TASKS = ("motion", "shape", "colour")
 
 
 def write_video(
@@ -180,9 +183,11 @@ def _background(
         prod = np.sin(np.pi * (yy + oy) / cell) * np.sin(np.pi * (xx + ox) / cell)
         parity = np.clip(0.5 + 2.0 * prod, 0.0, 1.0)[..., None]
         tex = parity * rng.random(3) + (1 - parity) * rng.random(3)
+    elif kind == "plain":
+        tex = np.broadcast_to(rng.random(3), (height, width, 3))
     else:
         raise ValueError(
-            f"background must be one of {BACKGROUNDS} or 'random', got {kind!r}"
+            f"background must be one of {BACKGROUNDS}, 'plain' or 'random', got {kind!r}"
         )
     # Muted range [40, 160] so saturated shapes stay visible on every background.
     return 40 + 120 * tex
@@ -243,7 +248,8 @@ def render_clip(
     """A shape moving at constant velocity over a static texture: uint8 [T, H, W, 3].
 
     ``shape`` in :data:`SHAPES`, ``direction`` in :data:`DIRECTIONS`, ``colour`` an RGB
-    triple or a :data:`COLOURS` name, ``background`` in :data:`BACKGROUNDS` or "random".
+    triple or a :data:`COLOURS` name, ``background`` in :data:`BACKGROUNDS`, "random" (one of
+    them) or "plain" (one flat muted colour).
     The start position is random and the shape stays fully inside every frame; over the
     clip it travels 35-60% of the free span (at least ~16 px at 64x64), so the direction
     is visible from any two distant frames. One frame at an unknown time gives no cue:
@@ -325,15 +331,16 @@ def clip_labels(index: int) -> tuple[int, int]:
 
 
 def _render_sample(
-    seed: int, index: int, frames: int, height: int, width: int
-) -> tuple[np.ndarray, int, int]:
+    seed: int, index: int, frames: int, height: int, width: int, background: str = "random"
+) -> tuple[np.ndarray, int, int, int]:
+    """``(clip, direction, shape, colour)`` of sample ``index``; the colour is drawn, not balanced."""
     direction, shape = clip_labels(index)
     rng = np.random.default_rng([seed, index])
-    colour = COLOURS[list(COLOURS)[int(rng.integers(len(COLOURS)))]]
+    colour = int(rng.integers(len(COLOURS)))
     clip = render_clip(
-        rng, frames, height, width, SHAPES[shape], colour, DIRECTIONS[direction]
+        rng, frames, height, width, SHAPES[shape], COLOURS[list(COLOURS)[colour]], DIRECTIONS[direction], background
     )
-    return clip, direction, shape
+    return clip, direction, shape, colour
 
 
 def make_synthetic_dataset(
@@ -346,17 +353,21 @@ def make_synthetic_dataset(
     codec: str = "vp9",
     seed: int = 0,
     val_fraction: float = 0.25,
+    background: str = "random",
 ) -> dict[str, Path]:
     """Write ``num_videos`` synthetic clips and their list files under ``root``.
 
     Layout: ``root/videos/vid_00000.webm ...``, the list files ``motion_train.txt``,
     ``motion_val.txt`` (label = direction index), ``shape_train.txt``, ``shape_val.txt``
-    (label = shape index), in ``path label`` format with paths relative to ``root``, and
-    ``labels.json`` (class names and generation settings). Train and val share no video;
-    both tasks use the same split. Labels are balanced exactly when ``num_videos`` and the
+    (label = shape index), ``colour_train.txt``, ``colour_val.txt`` (colour index), in
+    ``path label`` format with paths relative to ``root``, and ``labels.json`` (class names
+    and generation settings). Train and val share no video; all tasks use the same split.
+    Motion and shape labels are balanced exactly when ``num_videos`` and the
     val count ``round(num_videos * val_fraction)`` are multiples of 4. Deterministic given
-    ``seed``. Returns ``{"motion_train", "motion_val", "shape_train", "shape_val",
-    "labels", "videos"}`` -> paths.
+    ``seed``. ``background``: "random" (a textured background per video) or any kind
+    :func:`render_clip` accepts ("plain": one flat colour). Returns ``{"motion_train",
+    "motion_val", "shape_train", "shape_val", "colour_train", "colour_val", "labels",
+    "videos"}`` -> paths.
     """
     if codec not in _CODECS:
         raise ValueError(f"codec must be one of {sorted(_CODECS)}, got {codec!r}")
@@ -373,13 +384,13 @@ def make_synthetic_dataset(
     videos = root / "videos"
     videos.mkdir(parents=True, exist_ok=True)
 
-    rows: list[tuple[str, int, int]] = []
+    rows: list[tuple[str, int, int, int]] = []
     for i in range(num_videos):
-        clip, direction, shape = _render_sample(seed, i, frames, height, width)
+        clip, direction, shape, colour = _render_sample(seed, i, frames, height, width, background)
         out = write_video(
             videos / f"vid_{i:05d}{_DEFAULT_SUFFIX[codec]}", clip, fps, codec
         )
-        rows.append((out.relative_to(root).as_posix(), direction, shape))
+        rows.append((out.relative_to(root).as_posix(), direction, shape, colour))
 
     # The first num_val indices (balanced by the Latin square) are val; list order is
     # shuffled so that files are not sorted by label.
@@ -389,7 +400,7 @@ def make_synthetic_dataset(
         "train": [i for i in order if i >= num_val],
     }
     result: dict[str, Path] = {}
-    for task, col in (("motion", 1), ("shape", 2)):
+    for task, col in (("motion", 1), ("shape", 2), ("colour", 3)):
         for split, ids in splits.items():
             p = root / f"{task}_{split}.txt"
             p.write_text(
@@ -399,6 +410,7 @@ def make_synthetic_dataset(
     meta = {
         "motion": list(DIRECTIONS),
         "shape": list(SHAPES),
+        "colour": list(COLOURS),
         "num_videos": num_videos,
         "num_val": num_val,
         "frames": frames,
@@ -407,6 +419,7 @@ def make_synthetic_dataset(
         "fps": fps,
         "codec": codec,
         "seed": seed,
+        "background": background,
     }
     labels = root / "labels.json"
     labels.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
@@ -420,7 +433,8 @@ class SyntheticClips(Dataset):
 
     Rendered on the fly with :func:`render_clip`, deterministic per ``(seed, index)``;
     the same sample as video ``index`` of ``make_synthetic_dataset`` with equal settings
-    (before encoding). ``task="motion"``: label = direction index; ``"shape"``: shape.
+    (before encoding). ``task="motion"``: label = direction index; ``"shape"``: shape;
+    ``"colour"``: colour index.
     """
 
     def __init__(
@@ -432,8 +446,8 @@ class SyntheticClips(Dataset):
         task: str = "motion",
         seed: int = 0,
     ) -> None:
-        if task not in ("motion", "shape"):
-            raise ValueError(f"task must be 'motion' or 'shape', got {task!r}")
+        if task not in _TASKS:
+            raise ValueError(f"task must be one of {_TASKS}, got {task!r}")
         if num_samples < 1:
             raise ValueError(f"num_samples must be positive, got {num_samples}")
         if seed < 0:
@@ -445,7 +459,7 @@ class SyntheticClips(Dataset):
             width,
         )
         self.task, self.seed = task, seed
-        self.classes: Sequence[str] = DIRECTIONS if task == "motion" else SHAPES
+        self.classes: Sequence[str] = (DIRECTIONS, SHAPES, tuple(COLOURS))[_TASKS.index(task)]
 
     def __len__(self) -> int:
         return self.num_samples
@@ -456,7 +470,7 @@ class SyntheticClips(Dataset):
                 f"index {index} out of range for {self.num_samples} samples"
             )
         index %= self.num_samples
-        clip, direction, shape = _render_sample(
+        clip, *labels = _render_sample(
             self.seed, index, self.frames, self.height, self.width
         )
-        return torch.from_numpy(clip), direction if self.task == "motion" else shape
+        return torch.from_numpy(clip), labels[_TASKS.index(self.task)]

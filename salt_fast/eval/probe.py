@@ -197,7 +197,12 @@ class Features:
 
 
 def encode_dataset(
-    encoder: nn.Module, videos: VideoList, cfg: ProbeConfig, device: torch.device | str = "cpu", desc: str = "encode"
+    encoder: nn.Module,
+    videos: VideoList,
+    cfg: ProbeConfig,
+    device: torch.device | str = "cpu",
+    desc: str = "encode",
+    show_progress: bool = True,
 ) -> Features:
     """Encode every video once (each rank its share, then gathered on every rank, in list order)."""
     device = torch.device(device)
@@ -210,7 +215,7 @@ def encode_dataset(
     )  # fmt: skip
     encoder.to(device)
     tokens, labels, order, skipped = [], [], [], 0
-    bar = ProgressBar(len(loader), enabled=rank == 0, desc=desc)
+    bar = ProgressBar(len(loader), enabled=show_progress and rank == 0, desc=desc)
     for batch, bad in loader:
         skipped += bad
         if batch is not None:
@@ -399,12 +404,12 @@ def run_probe(
     num_classes = num_classes or max(train_list.num_classes, val_list.num_classes)
     encoder = encoder.eval().requires_grad_(False).to(device)
 
-    val = encode_dataset(encoder, val_list, cfg, device, desc="encode val")
+    val = encode_dataset(encoder, val_list, cfg, device, desc="encode val", show_progress=show_progress)
     if cfg.augment:
         batches, steps = _augmented_batches(encoder, train_list, cfg, device, rank, world)
         skipped_train = 0
     else:
-        train = encode_dataset(encoder, train_list, cfg, device, desc="encode train")
+        train = encode_dataset(encoder, train_list, cfg, device, desc="encode train", show_progress=show_progress)
         batches, steps = _cached_batches(train, cfg, rank, world)
         skipped_train = train.skipped
     heads = build_heads(encoder.embed_dim, num_classes, cfg)

@@ -32,12 +32,14 @@ def rankme(embeddings: Tensor, eps: float = 1e-7) -> float:
     return float(torch.exp(-(p * p.log()).sum()))
 
 
-def encoder_rankme(encoder: nn.Module, videos: VideoList, cfg: ProbeConfig, device: torch.device | str = "cpu") -> dict:
+def encoder_rankme(
+    encoder: nn.Module, videos: VideoList, cfg: ProbeConfig, device: torch.device | str = "cpu", show_progress: bool = True
+) -> dict:
     """RankMe of mean-pooled clip embeddings (one per video: tokens, clips and views averaged).
 
     Returns ``{"rankme", "videos", "embed_dim", "skipped_videos"}``.
     """
-    features = encode_dataset(encoder.eval(), videos, cfg, device, desc="encode")
+    features = encode_dataset(encoder.eval(), videos, cfg, device, desc="encode", show_progress=show_progress)
     pooled = features.tokens.float().mean(dim=(1, 2))  # [n, D]
     return {
         "rankme": rankme(pooled),

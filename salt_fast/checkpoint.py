@@ -43,6 +43,7 @@ except ImportError:  # pragma: no cover
 __all__ = [
     "CheckpointError",
     "CheckpointWarning",
+    "checkpoint_step",
     "export_encoder",
     "is_checkpoint_file",
     "list_checkpoints",
@@ -134,8 +135,9 @@ class _HashingWriter:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def _step_of(path: Path) -> int | None:
-    m = _NAME_RE.match(path.name)
+def checkpoint_step(path) -> int | None:
+    """The step in a ``step_*.pt`` file name, or None for any other name."""
+    m = _NAME_RE.match(Path(path).name)
     return int(m.group(1)) if m else None
 
 
@@ -146,7 +148,7 @@ def list_checkpoints(directory) -> list[Path]:
         return []
     found = []
     for p in directory.iterdir():
-        step = _step_of(p)
+        step = checkpoint_step(p)
         if step is not None and p.is_file():
             found.append((step, p))
     found.sort(key=lambda sp: (sp[0], sp[1].name), reverse=True)
@@ -249,7 +251,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         record, payload = _read_verified_payload(path)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e})") from e
-    expected_step = _step_of(path)
+    expected_step = checkpoint_step(path)
     if expected_step is not None and record.get("step") != expected_step:
         raise CheckpointError(
             f"{path}: file name says step {expected_step}, record says {record.get('step')}"

@@ -132,8 +132,9 @@ def load_encoder(source: str | Path, which: str = "auto") -> VisionTransformer:
         raise ValueError(f"which must be 'auto', 'encoder' or 'teacher', got {which!r}")
     text = str(source)
     if text.startswith("random:"):
-        torch.manual_seed(0)
-        encoder: nn.Module = build_encoder(text.removeprefix("random:"))
+        with torch.random.fork_rng(devices=[]):  # a fixed init, without touching the caller's RNG
+            torch.manual_seed(0)
+            encoder: nn.Module = build_encoder(text.removeprefix("random:"))
     else:
         path = Path(source)
         if not path.exists():

@@ -101,12 +101,15 @@ def loss_vs_accuracy(
     checkpoints = ckpt.list_checkpoints(run / "checkpoints")[::-1]  # oldest first
     if len(checkpoints) < 2:
         raise ValueError(f"{run / 'checkpoints'} holds {len(checkpoints)} checkpoint(s); a fit needs at least 2")
-    models = [load_run_models(p) for p in checkpoints]
-    losses = checkpoint_losses(run / "metrics.csv", [m.step for m in models])
+    # Losses first: a metrics problem shows before any probe runs. Models one at a time: only
+    # one checkpoint's weights are in memory at once.
+    losses = checkpoint_losses(run / "metrics.csv", [ckpt.checkpoint_step(p) for p in checkpoints])
     points = []
-    for m in models:
+    for path in checkpoints:
+        m = load_run_models(path)
         probe = run_probe(m.encoder, train_list, val_list, cfg, device, show_progress=show_progress)
         points.append({"step": m.step, "loss": losses[m.step], "top1": probe["top1"], "checkpoint": str(m.path)})
+        del m
     fit = linear_fit([p["loss"] for p in points], [p["top1"] for p in points])
     written = plot_loss_vs_accuracy(points, fit, plot, title=run.name) if plot else None
     return {"points": points, "fit": fit, "plot": str(written) if written else None}

@@ -50,6 +50,7 @@ log = logging.getLogger("salt_fast.eval")
 
 __all__ = [
     "PROTOCOLS",
+    "autocast_for",
     "EvalClips",
     "ProbeConfig",
     "Features",
@@ -173,7 +174,8 @@ def _dist() -> tuple[int, int]:
     return 0, 1
 
 
-def _autocast(device: torch.device):
+def autocast_for(device: torch.device):
+    """bf16 autocast for frozen-model evaluation on CUDA; a no-op elsewhere (fp32 on the CPU)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
@@ -181,7 +183,7 @@ def _autocast(device: torch.device):
 def encode(encoder: nn.Module, clips: Tensor) -> Tensor:
     """``clips [B, V, 3, T, H, W] -> tokens [B, V, N, D]`` (frozen encoder, every token)."""
     B, V = clips.shape[:2]
-    with _autocast(clips.device):
+    with autocast_for(clips.device):
         tokens = encoder(clips.flatten(0, 1))
     return tokens.unflatten(0, (B, V))
 
@@ -248,11 +250,9 @@ def encode_dataset(
 
 def build_heads(embed_dim: int, num_classes: int, cfg: ProbeConfig, seed: int | None = None) -> nn.ModuleList:
     """One :class:`AttentiveProbe` per ``(lr, wd)`` of the sweep, each with its own init."""
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(cfg.seed if seed is None else seed)
-    heads = nn.ModuleList(AttentiveProbe(embed_dim, num_classes, cfg.depth, cfg.num_heads) for _ in cfg.sweep)
-    torch.random.set_rng_state(generator_state)
-    return heads
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed if seed is None else seed)
+        return nn.ModuleList(AttentiveProbe(embed_dim, num_classes, cfg.depth, cfg.num_heads) for _ in cfg.sweep)
 
 
 def _optimizer(heads: nn.ModuleList, cfg: ProbeConfig) -> torch.optim.AdamW:
@@ -301,7 +301,7 @@ def train_heads(
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor
             tokens, labels = tokens.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with _autocast(device):
+            with autocast_for(device):
                 losses = torch.stack([F.cross_entropy(head(tokens).float(), labels) for head in heads])
             optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()
@@ -331,7 +331,7 @@ def evaluate_heads(heads: nn.ModuleList, features: Features, device: torch.devic
     for start in range(0, n, batch_size):
         x = features.tokens[start : start + batch_size].to(device)
         y = features.labels[start : start + batch_size].to(device)
-        with _autocast(device):
+        with autocast_for(device):
             flat = x.flatten(0, 1).float()
             for i, head in enumerate(heads):
                 probs = head(flat).float().softmax(-1).unflatten(0, (x.shape[0], V)).mean(1)

@@ -30,6 +30,7 @@ from salt_fast.data import EvalTransform, decode_frames, probe
 from salt_fast.metrics import ProgressBar
 
 from .encoders import load_run_models
+from .probe import autocast_for
 
 __all__ = ["pair_accuracy", "read_pairs", "video_surprise", "window_surprise"]
 
@@ -76,7 +77,7 @@ def window_surprise(
         B = clips.shape[0]
         context_ids = all_ids[:n_context].expand(B, -1)
         target_ids = all_ids[n_context:].expand(B, -1)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with autocast_for(device):
             target = target_encoder(clips)[:, n_context:]
             context = encoder(clips, context_ids)
             pred = predictor(context, context_ids, target_ids, grid, mask_index)

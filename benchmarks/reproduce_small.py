@@ -82,6 +82,33 @@ def pretrain(args, data: Path, work: Path) -> dict[str, dict]:
     return runs
 
 
+def cpu_threads(num_workers: int) -> None:
+    """Leave the decode workers their cores: oversubscribed OpenMP threads spin-wait, and on
+    2 cores one compute thread beside one worker was as fast as two and far steadier."""
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) - num_workers))
+
+
+def load_encoders(workdir: Path, seed: int) -> dict[str, torch.nn.Module]:
+    """(a)-(d) of a finished pretraining in ``workdir``; (a) is a fresh init of (b)'s architecture
+    seeded by ``seed``, so every script that probes the workdir sees the same random encoder."""
+    pixel = load_encoder(workdir / "pixel" / "encoder.safetensors")
+    torch.manual_seed(seed)
+    return {
+        "random": build_encoder("vit_tiny", depth=pixel.cfg.depth),
+        "pixel": pixel,
+        "salt": load_encoder(workdir / "salt" / "encoder.safetensors"),
+        "vjepa": load_encoder(workdir / "vjepa"),  # its EMA target encoder, as V-JEPA 2 evaluates
+    }
+
+
+def probe_config(frames: int, resolution: int, epochs: int, num_workers: int, seed: int) -> ProbeConfig:
+    """SPEC §7 fast protocol (1 clip, 1 view, lr 1e-3, wd 0.01), scaled to the tiny clips and
+    dataset (batch 32: the training split holds only 240 videos)."""
+    return ProbeConfig.protocol(
+        "fast", frames=frames, resolution=resolution, epochs=epochs, batch_size=32, num_workers=num_workers, seed=seed
+    )
+
+
 def table(results: dict) -> str:
     lines = [
         "| encoder | pretraining steps | motion top-1 (%) | shape top-1 (%) | colour top-1 (%) | RankMe |",
@@ -126,9 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
-        # Leave the decode workers their cores: oversubscribed OpenMP threads spin-wait, and on
-        # 2 cores one compute thread beside one worker was as fast as two and far steadier.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - args.num_workers))
+        cpu_threads(args.num_workers)
     data = args.workdir / "synthetic"
     if not (data / "labels.json").exists():
         make_synthetic_dataset(
@@ -137,19 +162,9 @@ def main(argv: list[str] | None = None) -> dict:
         )  # fmt: skip
     runs = pretrain(args, data, args.workdir)
 
-    torch.manual_seed(args.seed)
-    encoders = {
-        "random": build_encoder("vit_tiny", depth=args.depth),
-        "pixel": load_encoder(runs["pixel"]["encoder"]),
-        "salt": load_encoder(runs["salt"]["encoder"]),
-        "vjepa": load_encoder(args.workdir / "vjepa"),  # its EMA target encoder, as V-JEPA 2 evaluates
-    }
+    encoders = load_encoders(args.workdir, args.seed)
     steps = {"random": 0, "pixel": runs["pixel"]["steps"], "salt": runs["pixel"]["steps"] + runs["salt"]["steps"], "vjepa": args.steps}
-    # SPEC §7 fast protocol (1 clip, 1 view, lr 1e-3, wd 0.01), scaled to the tiny clips and dataset.
-    probe_cfg = ProbeConfig.protocol(
-        "fast", frames=args.frames, resolution=args.resolution, epochs=args.probe_epochs, batch_size=32, num_workers=args.num_workers,
-        seed=args.seed,
-    )  # fmt: skip
+    probe_cfg = probe_config(args.frames, args.resolution, args.probe_epochs, args.num_workers, args.seed)
     results: dict = {"encoders": {}}
     for key, encoder in encoders.items():
         row: dict = {"steps": steps[key]}

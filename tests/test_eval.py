@@ -356,3 +356,17 @@ def test_reproduce_small_runs_end_to_end_at_toy_size(tmp_path):
     assert [r["steps"] for r in result["encoders"].values()] == [0, 2, 6, 6]
     assert len(result["loss_vs_accuracy"]["points"]) == 2
     assert "| (c) SALT student |" in done.stdout
+
+    # The probe-length diagnostic re-probes the same workdir; its first epoch count is the
+    # reproduction's own probe, so the random encoder's motion score must come out the same.
+    lengths = tmp_path / "lengths.json"
+    args = ["--workdir", str(tmp_path / "w"), "--epochs", "1,2", "--out", str(lengths)]
+    done = subprocess.run([sys.executable, str(script.with_name("probe_length.py")), *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    probed = json.loads(lengths.read_text())
+    assert set(probed["encoders"]) == {"random", "pixel", "salt", "vjepa"}
+    assert [row["epochs"] for row in probed["encoders"]["salt"]] == [1, 2]
+    assert probed["encoders"]["random"][0]["top1"] == result["encoders"]["random"]["motion"]["top1"]
+    missing = subprocess.run([sys.executable, str(script.with_name("probe_length.py")), "--workdir", str(tmp_path / "nowhere")],
+                             capture_output=True, text=True)  # fmt: skip
+    assert missing.returncode == 2 and "run benchmarks/reproduce_small.py" in missing.stderr

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, environment, write_json  # noqa: E402
-from reproduce_small import ENCODERS, cpu_threads, load_encoders, probe_config  # noqa: E402
+from reproduce_small import ENCODERS, load_encoders, probe_config  # noqa: E402
 
 from salt_fast.config import load_config  # noqa: E402
 from salt_fast.eval.probe import run_probe  # noqa: E402
@@ -45,9 +45,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     start = time.perf_counter()
     d = load_config(run_cfg).data  # the clips the encoders were pretrained on
+    # Every core computes: the videos are decoded once per probe, the heads then train from the
+    # feature cache (unlike reproduce_small, whose pretraining decodes beside the compute).
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        cpu_threads(d.num_workers)
     data = args.workdir / "synthetic"
     results: dict = {"task": args.task, "epochs": epochs, "encoders": {}}
     for key, encoder in load_encoders(args.workdir, args.seed).items():

@@ -82,12 +82,6 @@ def pretrain(args, data: Path, work: Path) -> dict[str, dict]:
     return runs
 
 
-def cpu_threads(num_workers: int) -> None:
-    """Leave the decode workers their cores: oversubscribed OpenMP threads spin-wait, and on
-    2 cores one compute thread beside one worker was as fast as two and far steadier."""
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) - num_workers))
-
-
 def load_encoders(workdir: Path, seed: int) -> dict[str, torch.nn.Module]:
     """(a)-(d) of a finished pretraining in ``workdir``; (a) is a fresh init of (b)'s architecture
     seeded by ``seed``, so every script that probes the workdir sees the same random encoder."""
@@ -153,7 +147,9 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
-        cpu_threads(args.num_workers)
+        # Leave the decode workers their cores: oversubscribed OpenMP threads spin-wait, and on
+        # 2 cores one compute thread beside one worker was as fast as two and far steadier.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - args.num_workers))
     data = args.workdir / "synthetic"
     if not (data / "labels.json").exists():
         make_synthetic_dataset(

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from salt_fast import checkpoint as ckpt
 
 from .encoders import load_run_models
-from .probe import PROTOCOLS, ProbeConfig, run_probe
+from .probe import PROTOCOLS, ProbeConfig, run_probe, write_result
 
 __all__ = ["checkpoint_losses", "linear_fit", "loss_vs_accuracy", "plot_loss_vs_accuracy"]
 
@@ -128,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cfg = ProbeConfig.protocol("fast", frames=args.frames, resolution=args.resolution, epochs=args.epochs)
     out = Path(args.out) if args.out else Path(args.run) / "loss_vs_accuracy.json"
     result = loss_vs_accuracy(args.run, args.train_list, args.val_list, cfg, plot=out.with_suffix(".png"))
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_result(out, result)
     for p in result["points"]:
         print(f"step {p['step']:>7}  loss {p['loss']:.4f}  top-1 {p['top1']:.2f}%")
     print(f"R^2 = {result['fit']['r2']:.3f} -> {out}")

@@ -430,6 +430,14 @@ def run_probe(
     }
 
 
+def write_result(path: str | Path, result: dict) -> Path:
+    """Write a CLI's results JSON (parent folders created); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
 def _parse_floats(text: str) -> tuple[float, ...]:
     return tuple(float(v) for v in text.split(","))
 
@@ -475,8 +483,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if rank == 0:
         default = Path(args.checkpoint).parent if not str(args.checkpoint).startswith("random:") else Path(".")
         out = Path(args.out) if args.out else default / f"probe_{args.protocol}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_result(out, result)
         best = result["best"]
         print(f"top-1 {best['top1']:.2f}% (lr {best['lr']:g}, wd {best['wd']:g}; {len(result['heads'])} heads) -> {out}")
     if world > 1:

@@ -9,7 +9,6 @@ the ``[n, D]`` embedding matrix: D for perfectly spread embeddings, 1 for collap
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 
 import torch
@@ -18,7 +17,7 @@ from torch import Tensor, nn
 from salt_fast.data import VideoList
 
 from .encoders import load_encoder
-from .probe import ProbeConfig, encode_dataset
+from .probe import ProbeConfig, encode_dataset, write_result
 
 __all__ = ["encoder_rankme", "rankme"]
 
@@ -65,8 +64,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     result["checkpoint"] = str(args.checkpoint)
     print(f"RankMe {result['rankme']:.2f} of {result['embed_dim']} dims over {result['videos']} videos")
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
+        write_result(args.out, result)
     return result
 
 

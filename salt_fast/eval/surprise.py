@@ -18,7 +18,6 @@ against the file's folder; ``#`` comments allowed).
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from salt_fast.data import EvalTransform, decode_frames, probe
 from salt_fast.metrics import ProgressBar
 
 from .encoders import load_run_models
-from .probe import autocast_for
+from .probe import autocast_for, write_result
 
 __all__ = ["pair_accuracy", "read_pairs", "video_surprise", "window_surprise"]
 
@@ -162,8 +161,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     result = {"accuracy": accuracy, "pairs": scores, "checkpoint": str(run.path), "step": run.step, **vars(args)}
     print(f"pairwise accuracy {accuracy:.1f}% over {len(scores)} pairs")
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
+        write_result(args.out, result)
     return result
 
 

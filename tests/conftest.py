@@ -18,6 +18,11 @@ def pytest_report_header(config):
     return f"SALT_FAST_TEST_SEED={SEED}"
 
 
+def pytest_terminal_summary(terminalreporter):
+    # The header is hidden under -q (the README's test command); repeat the seed at the end.
+    terminalreporter.write_line(f"replay with SALT_FAST_TEST_SEED={SEED}")
+
+
 @pytest.fixture(autouse=True)
 def _seed(request):
     torch.manual_seed(SEED + sum(map(ord, request.node.nodeid)))

@@ -284,8 +284,10 @@ def check_pixel(kernels, pred, video, ids, tubelet, patch, valid=None):
     count = max(int(ids.numel() if valid is None else valid.sum()) * pred.shape[-1], 1)
     # fp32 targets differ from fp64 ones by ~1e-5; fp16 gradients this small are subnormal (step 2**-24).
     tol = {"rtol": GRAD_RTOL[pred.dtype], "atol": 2e-4 / count + (2**-24 if pred.dtype == torch.float16 else 0)}
+    # Each backend against the fp64 formula: two roundings that are each within tol of the
+    # truth can be 2 * tol apart, so comparing them to each other at tol is flaky.
     torch.testing.assert_close(grad.double(), f_grad, **tol)
-    torch.testing.assert_close(grad.double(), ref_grad.double(), **tol)
+    torch.testing.assert_close(ref_grad.double(), f_grad, **tol)
     return loss, grad
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import platform
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from salt_fast.eval.probe import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -55,6 +56,5 @@ def environment() -> dict:
 
 
 def write_json(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    write_result(path, record)
     print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")

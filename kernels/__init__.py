@@ -1,21 +1,30 @@
 """salt_fast.kernels: standalone ops for JEPA-style video models.
 
 Every op has a plain PyTorch reference in its own file and a Triton kernel for CUDA tensors,
-chosen per call (``SALT_FAST_KERNELS=auto|triton|reference``; see ``_dispatch.py``).
-Nothing here imports from the rest of salt_fast, so the package can be lifted into other
-codebases: ``from salt_fast.kernels import rope3d``. ``vjepa2.py`` holds drop-in replacements
-for V-JEPA 2's ``apply_masks``, RoPE q/k rotation and latent loss.
+chosen per call (``SALT_FAST_KERNELS``, one of ``KERNEL_CHOICES``: ``auto|triton|reference``;
+see ``_dispatch.py``). Nothing here imports from the rest of salt_fast, so the package can be
+lifted into other codebases: ``from salt_fast.kernels import rope3d``. ``vjepa2_ops.py`` holds
+drop-in replacements for V-JEPA 2's ``apply_masks``, RoPE q/k rotation and latent loss.
+
+Ops that take token ids check their range on the device without a host sync
+(``check_ids=True``, the default; ``False`` skips it). ``SALT_FAST_DEBUG=1`` makes the id
+checks synchronous and adds the uniqueness check where a backward relies on it.
+
+Private modules: ``_dispatch`` (the switch, optional Triton), ``_launch`` (launch helpers),
+``_checks`` (argument checks), ``_fused_loss`` (the losses' deterministic mean).
 """
 
-from . import latent_loss, masked_tokens, pixel_loss, rope3d, vjepa2
+from . import latent_loss, masked_tokens, pixel_loss, rope3d, vjepa2_ops
+from ._dispatch import CHOICES as KERNEL_CHOICES
 from ._dispatch import use_triton
 from .latent_loss import latent_l1_loss
 from .masked_tokens import assemble_predictor_input, gather_tokens
 from .pixel_loss import pixel_mse_loss
 from .rope3d import apply_rope3d, rope3d_cos_sin, rope3d_qkv_, rope3d_rotate
-from .vjepa2 import apply_masks, jepa_latent_loss, rotate_qk, rotate_qkv_
+from .vjepa2_ops import apply_masks, jepa_latent_loss, rotate_qk, rotate_qkv_
 
 __all__ = [
+    "KERNEL_CHOICES",
     "apply_masks",
     "apply_rope3d",
     "assemble_predictor_input",
@@ -33,5 +42,5 @@ __all__ = [
     "rotate_qk",
     "rotate_qkv_",
     "use_triton",
-    "vjepa2",
+    "vjepa2_ops",
 ]

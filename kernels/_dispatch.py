@@ -4,9 +4,12 @@
   reference otherwise (CPU tensors, or Triton not installed).
 * ``SALT_FAST_KERNELS=reference``: always the reference.
 * ``SALT_FAST_KERNELS=triton``: always the kernels; on CPU tensors they run in Triton's
-  interpreter, which must be switched on (``TRITON_INTERPRET=1``) before the kernels are
-  defined. On a machine without CUDA this module sets it when it is first imported with
-  ``SALT_FAST_KERNELS=triton``, so that setting alone is enough.
+  interpreter. Triton decides at decoration time whether a kernel is interpreted
+  (``TRITON_INTERPRET=1``). On a machine without CUDA this module sets that variable when it
+  is first imported with ``SALT_FAST_KERNELS=triton``; when the choice comes later (a config
+  that sets the variable after the import), the first op asked to run Triton on CPU tensors
+  re-decorates every kernel under the interpreter (``_interpret_kernels``), so the setting
+  alone is enough either way.
 
 Kernel modules write ``from __future__ import annotations`` (so ``BLOCK: tl.constexpr``
 is never evaluated) and decorate with ``jit``, so they import on CPU-only installs where
@@ -16,6 +19,8 @@ Triton is absent (CPU torch wheels do not ship it).
 from __future__ import annotations
 
 import os
+import sys
+import threading
 
 import torch
 
@@ -30,13 +35,66 @@ try:
 except ImportError:  # CPU-only install: every op runs its reference
     triton = tl = None
 
-# Triton decides at decoration time whether a kernel is interpreted.
+# True when the kernels run in Triton's interpreter: decorated under TRITON_INTERPRET=1, or
+# switched by ``_interpret_kernels``. Read it at call time (``_dispatch.INTERPRETED``): some
+# wrappers pick bigger tiles under the interpreter, where each program costs ~1 ms.
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+_KERNELS: list = []  # every function decorated by ``jit`` (JITFunction or InterpretedFunction)
+_SWITCH_LOCK = threading.Lock()
 
 
 def jit(fn):
     """``triton.jit`` when Triton is installed; without it the kernel is defined but never launched."""
-    return fn if triton is None else triton.jit(fn)
+    if triton is None:
+        return fn
+    kernel = triton.jit(fn)
+    _KERNELS.append(kernel)
+    return kernel
+
+
+def _compiled_kernels() -> bool:
+    """True while the kernels are compiled ones (``JITFunction``), not interpreted."""
+    return triton is not None and any(isinstance(k, triton.runtime.JITFunction) for k in _KERNELS)
+
+
+def _interpret_kernels() -> None:
+    """Switch every compiled kernel to Triton's interpreter, as if ``TRITON_INTERPRET=1`` had been
+    set before anything was imported (CUDA-less machines only: see ``use_triton``).
+
+    Triton's interpreter needs interpreted versions of the ``@jit`` functions the kernels call:
+    their own helpers (called by global name) and Triton's (``tl.sum``, ``tl.zeros``, ... in
+    ``triton.language``, also bound as ``tl.tensor`` methods), which Triton decorated when it was
+    imported. So each ``JITFunction`` found in this package's modules or in ``triton.language.*``
+    is re-decorated under ``TRITON_INTERPRET=1`` and rebound wherever it is named; the variable
+    stays set, so that kernels defined later are interpreted too.
+    """
+    global INTERPRETED
+    with _SWITCH_LOCK:
+        if not _compiled_kernels():
+            return
+        os.environ["TRITON_INTERPRET"] = "1"  # triton.jit reads it at decoration time
+        compiled = triton.runtime.JITFunction
+        package = __name__.rpartition(".")[0]
+        modules = [
+            module
+            for name, module in list(sys.modules.items())
+            if module is not None
+            and (name == package or name.startswith((package + ".", "triton.language")))
+        ]
+        swap = {}
+        for module in modules:
+            for attr, value in list(vars(module).items()):
+                if isinstance(value, compiled):
+                    if id(value) not in swap:
+                        swap[id(value)] = triton.jit(value.fn)
+                    setattr(module, attr, swap[id(value)])
+        _KERNELS[:] = [swap.get(id(k), k) for k in _KERNELS]
+        for attr, value in list(vars(tl.tensor).items()):  # ``x.sum()``: a plain function binds ``self``
+            if isinstance(value, compiled):
+                interpreted = swap.get(id(value)) or triton.jit(value.fn)
+                setattr(tl.tensor, attr, lambda *args, _fn=interpreted, **kwargs: _fn(*args, **kwargs))
+        INTERPRETED = True
 
 
 def use_triton(*tensors: torch.Tensor) -> bool:
@@ -51,9 +109,11 @@ def use_triton(*tensors: torch.Tensor) -> bool:
         return triton is not None and on_cuda
     if triton is None:
         raise RuntimeError("SALT_FAST_KERNELS=triton, but Triton is not installed (pip install triton)")
-    if not on_cuda and not INTERPRETED:
-        raise RuntimeError(
-            "SALT_FAST_KERNELS=triton on CPU tensors needs Triton's interpreter: set TRITON_INTERPRET=1 "
-            "before salt_fast.kernels is first imported"
-        )
+    if not on_cuda and _compiled_kernels():
+        if torch.cuda.is_available():  # switching would run every later CUDA launch in the interpreter too
+            raise RuntimeError(
+                "SALT_FAST_KERNELS=triton on CPU tensors on a CUDA machine needs Triton's interpreter: "
+                "set TRITON_INTERPRET=1 before salt_fast.kernels is first imported (or pass CUDA tensors)"
+            )
+        _interpret_kernels()
     return True

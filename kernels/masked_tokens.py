@@ -15,31 +15,33 @@ gathers along the batch: ``torch.cat([gather_tokens(x, m) for m in masks])``). I
 predictor's ``torch.cat([ctx, mask_token.repeat(B, Kt, 1)], dim=1)`` plus
 ``torch.cat([ctx_ids, tgt_ids], dim=1)`` is ``assemble_predictor_input``.
 
-Contract for the Triton path (not checked on the hot path: a check would cost a device
-sync):
+Contract on ids (see ``_checks``):
 
-* ids must lie in ``[0, N)``. Out-of-range ids never touch memory outside ``x``: the
-  kernels read them as zero rows and drop their gradient.
+* ids must lie in ``[0, N)``: checked on the device without a host sync unless the caller
+  passes ``check_ids=False``. Even then the kernels never touch memory outside ``x``: they
+  read out-of-range ids as zero rows and drop their gradient.
 * ids must be **unique within a row** for the Triton backward of ``gather_tokens``: it
   scatters each gradient row to its destination with a plain store (no atomics), so with
   duplicates one of the writers wins. The reference sums duplicates (``gather``'s
-  backward), which is what a well-defined gradient means there.
+  backward), which is what a well-defined gradient means there. Not checked on the hot
+  path (that would sync the device).
 
-Set ``SALT_FAST_DEBUG=1`` to check both (range and uniqueness) before each Triton launch;
-it synchronizes the device. The reference path gets its range check from ``torch.gather``.
+Set ``SALT_FAST_DEBUG=1`` to check both synchronously, on both paths (uniqueness when a
+gradient to ``x`` will be computed).
 
 Stands alone: imports nothing from salt_fast outside ``salt_fast.kernels``.
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._dispatch import INTERPRETED, jit, tl, use_triton
+from . import _dispatch, _launch
+from ._checks import check_int_ids, validate_ids
+from ._dispatch import jit, tl, use_triton
+from ._launch import cdiv, compute_dtype, next_pow2
 
 __all__ = [
     "assemble_predictor_input",
@@ -74,27 +76,33 @@ def assemble_predictor_input_reference(
 # --------------------------------------------------------------------------------------
 
 
-def gather_tokens(x: Tensor, ids: Tensor) -> Tensor:
+def gather_tokens(x: Tensor, ids: Tensor, *, check_ids: bool = True) -> Tensor:
     """Rows of ``x`` at ``ids``: V-JEPA 2's ``apply_masks(x, [ids])`` for a single mask.
 
     Args:
         x: ``[B, N, D]`` tokens, any dtype (Triton path: fp16/bf16/fp32/fp64), any strides.
         ids: ``[B, K]`` integer token ids in ``[0, N)``, unique per row (required by the
             Triton backward; the reference sums duplicates). int64 normally; any int dtype.
+        check_ids: check that ids lie in ``[0, N)``, on the device without a host sync
+            (``torch._assert_async``: ``RuntimeError`` on CPU, a device-side assert on CUDA).
+            ``False`` skips it, for ids correct by construction. ``SALT_FAST_DEBUG=1`` checks
+            synchronously (``ValueError``) whatever this says, and also checks that ids are
+            unique per row when a gradient to ``x`` will be computed.
 
     Returns:
         ``[B, K, D]`` contiguous, ``x``'s dtype, with ``out[b, k] = x[b, ids[b, k]]``.
         Differentiable in ``x``: ``grad_x`` is zero except at the ids' rows.
     """
+    _check_gather_args(x, ids)
+    backward = x.requires_grad and torch.is_grad_enabled()
+    validate_ids("gather_tokens", "ids", ids, x.shape[1], enabled=check_ids, unique=backward)
     if not use_triton(x, ids):
         return gather_tokens_reference(x, ids)
-    _check_gather_args(x, ids)
-    _debug_check_ids(ids, x.shape[1])
     return _GatherTokens.apply(x, ids)
 
 
 def assemble_predictor_input(
-    context: Tensor, context_ids: Tensor, target_ids: Tensor, mask_token: Tensor
+    context: Tensor, context_ids: Tensor, target_ids: Tensor, mask_token: Tensor, *, check_ids: bool = True
 ) -> tuple[Tensor, Tensor]:
     """The predictor's input sequence: context tokens, then the mask token at every target.
 
@@ -103,6 +111,10 @@ def assemble_predictor_input(
         context_ids: ``[B, Kc]`` integer flat ids of the context tokens.
         target_ids: ``[B, Kt]`` integer flat ids of the target (masked) tokens.
         mask_token: the learned mask token, ``D`` elements: shape ``[D]`` or ``[1, 1, D]``.
+        check_ids: check that the ids are non-negative, on the device without a host sync
+            (``torch._assert_async``). This op only concatenates the ids (it does not know
+            the grid): their upper bound is checked by the ops that use them (e.g.
+            ``rope3d_qkv_``). ``False`` skips it; ``SALT_FAST_DEBUG=1`` checks synchronously.
 
     Returns:
         ``(tokens, ids)``: ``tokens`` ``[B, Kc + Kt, D]`` contiguous, with
@@ -113,9 +125,11 @@ def assemble_predictor_input(
         gradient is reduced over ``B`` and ``Kt`` in fp32 (fp64 for fp64 inputs) in a fixed
         order, so it is bitwise reproducible.
     """
+    _check_assemble_args(context, context_ids, target_ids, mask_token)
+    validate_ids("assemble_predictor_input", "context_ids", context_ids, None, enabled=check_ids)
+    validate_ids("assemble_predictor_input", "target_ids", target_ids, None, enabled=check_ids)
     if not use_triton(context, context_ids, target_ids, mask_token):
         return assemble_predictor_input_reference(context, context_ids, target_ids, mask_token)
-    _check_assemble_args(context, context_ids, target_ids, mask_token)
     tokens = _AssemblePredictorInput.apply(context, mask_token, target_ids.shape[1])
     return tokens, torch.cat((context_ids, target_ids), dim=1)
 
@@ -128,8 +142,7 @@ def assemble_predictor_input(
 def _check_gather_args(x: Tensor, ids: Tensor) -> None:
     if x.dim() != 3 or ids.dim() != 2 or ids.shape[0] != x.shape[0]:
         raise ValueError(f"expected x [B, N, D] and ids [B, K], got {tuple(x.shape)} and {tuple(ids.shape)}")
-    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-        raise ValueError(f"ids must be an integer tensor, got {ids.dtype}")
+    check_int_ids("gather_tokens", "ids", ids)
 
 
 def _check_assemble_args(context: Tensor, context_ids: Tensor, target_ids: Tensor, mask_token: Tensor) -> tuple[int, int, int]:
@@ -142,18 +155,9 @@ def _check_assemble_args(context: Tensor, context_ids: Tensor, target_ids: Tenso
         raise ValueError(f"target_ids must be [B, Kt] with B = {B}, got {tuple(target_ids.shape)}")
     if mask_token.shape not in ((D,), (1, 1, D)):
         raise ValueError(f"mask_token must be [D] or [1, 1, D] with D = {D}, got {tuple(mask_token.shape)}")
+    check_int_ids("assemble_predictor_input", "context_ids", context_ids)
+    check_int_ids("assemble_predictor_input", "target_ids", target_ids)
     return B, Kc, D
-
-
-def _debug_check_ids(ids: Tensor, n: int) -> None:
-    """With ``SALT_FAST_DEBUG=1``: ids in ``[0, n)`` and unique per row (syncs the device)."""
-    if os.environ.get("SALT_FAST_DEBUG") != "1" or ids.numel() == 0:
-        return
-    if int(ids.min()) < 0 or int(ids.max()) >= n:
-        raise ValueError(f"ids must lie in [0, {n}), got range [{int(ids.min())}, {int(ids.max())}]")
-    ordered = ids.sort(dim=1).values
-    if bool((ordered[:, 1:] == ordered[:, :-1]).any()):
-        raise ValueError("ids must be unique within each row for the Triton backward of gather_tokens")
 
 
 # --------------------------------------------------------------------------------------
@@ -161,30 +165,17 @@ def _debug_check_ids(ids: Tensor, n: int) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _alloc(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
-    """Uninitialized buffer for kernel outputs (one place, so tests can poison it)."""
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
 def _block_d(D: int) -> int:
     """Columns per program: a power of two, at most 512, wasting little on the last block.
 
     e.g. 384 -> 128 (3 blocks), 768/1280/1664 -> 256, 1024/1408/1536 -> 512, 100 -> 128.
     """
-    if INTERPRETED:  # the interpreter pays per program: one column block
-        return _next_pow2(D)
+    if _dispatch.INTERPRETED:  # the interpreter pays per program: one column block
+        return next_pow2(D)
     if D <= 128:
-        return max(16, _next_pow2(D))
+        return max(16, next_pow2(D))
     for block in (512, 256):
-        if _cdiv(D, block) * block - D <= D // 8:
+        if cdiv(D, block) * block - D <= D // 8:
             return block
     return 128
 
@@ -192,11 +183,11 @@ def _block_d(D: int) -> int:
 def _row_tile(rows: int, D: int, elem_size: int) -> tuple[int, int, int]:
     """``(BLOCK_R, BLOCK_D, num_warps)`` for a row-copy kernel over ``rows`` rows of ``D``."""
     block_d = _block_d(D)
-    if INTERPRETED:
-        block_r = min(_next_pow2(rows), max(1, 2**16 // block_d))
+    if _dispatch.INTERPRETED:
+        block_r = min(next_pow2(rows), max(1, 2**16 // block_d))
         return block_r, block_d, 4
     # About 16 KB moved per program: enough bytes in flight per SM without spilling.
-    block_r = min(_next_pow2(rows), max(1, min(64, 16384 // (block_d * elem_size))))
+    block_r = min(next_pow2(rows), max(1, min(64, 16384 // (block_d * elem_size))))
     return block_r, block_d, 4 if block_r * block_d <= 4096 else 8
 
 
@@ -206,14 +197,14 @@ def _reduce_plan(rows: int, D: int) -> tuple[int, int, int, int]:
     Depends only on the shape, so the summation order (and the result) is reproducible.
     """
     block_d = _block_d(D)
-    if INTERPRETED:
-        block_r = min(_next_pow2(rows), max(1, 2**16 // block_d))
-        return block_r, block_d, _cdiv(rows, block_r) * block_r, 4
-    block_r = max(1, min(32, 4096 // block_d, _next_pow2(rows)))
+    if _dispatch.INTERPRETED:
+        block_r = min(next_pow2(rows), max(1, 2**16 // block_d))
+        return block_r, block_d, cdiv(rows, block_r) * block_r, 4
+    block_r = max(1, min(32, 4096 // block_d, next_pow2(rows)))
     # Aim at ~512 programs in all (a few waves on an H100's 132 SMs), 256 rows at least each.
-    chunks = max(1, 512 // _cdiv(D, block_d))
-    per_program = max(256, _cdiv(rows, chunks))
-    return block_r, block_d, _cdiv(per_program, block_r) * block_r, 4
+    chunks = max(1, 512 // cdiv(D, block_d))
+    per_program = max(256, cdiv(rows, chunks))
+    return block_r, block_d, cdiv(per_program, block_r) * block_r, 4
 
 
 # --------------------------------------------------------------------------------------
@@ -373,8 +364,8 @@ def _launch_copy_rows(src: Tensor, dst: Tensor, ids: Tensor, ids_on_src: bool) -
         return
     assert dst.stride(2) == 1 or D == 1
     block_k, block_d, warps = _row_tile(K, D, src.element_size())
-    k_blocks = _cdiv(K, block_k)
-    grid = (B * k_blocks, _cdiv(D, block_d))
+    k_blocks = cdiv(K, block_k)
+    grid = (B * k_blocks, cdiv(D, block_d))
     _copy_rows_kernel[grid](
         src, dst, ids, K, N, D, k_blocks,
         src.stride(0), src.stride(1), src.stride(2),
@@ -387,13 +378,13 @@ def _launch_copy_rows(src: Tensor, dst: Tensor, ids: Tensor, ids_on_src: bool) -
 def _launch_assemble(context: Tensor, mask_token: Tensor, kt: int) -> Tensor:
     B, Kc, D = context.shape
     L = Kc + kt
-    out = _alloc((B, L, D), torch.promote_types(context.dtype, mask_token.dtype), context.device)
+    out = _launch.new_buffer((B, L, D), torch.promote_types(context.dtype, mask_token.dtype), context.device)
     if out.numel() == 0:
         return out
     token = mask_token.reshape(D)
     block_r, block_d, warps = _row_tile(L, D, out.element_size())
-    r_blocks = _cdiv(L, block_r)
-    grid = (B * r_blocks, _cdiv(D, block_d))
+    r_blocks = cdiv(L, block_r)
+    grid = (B * r_blocks, cdiv(D, block_d))
     _assemble_kernel[grid](
         context, token, out, Kc, L, D, r_blocks,
         context.stride(0), context.stride(1), context.stride(2), token.stride(0),
@@ -406,14 +397,14 @@ def _launch_assemble(context: Tensor, mask_token: Tensor, kt: int) -> Tensor:
 def _launch_mask_token_grad(grad: Tensor, kc: int, kt: int) -> Tensor:
     """``grad[:, kc:kc + kt].sum((0, 1))`` in fp32 (fp64 for fp64 grads), reproducibly: ``[D]``."""
     B, _, D = grad.shape
-    acc_dtype = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    acc_dtype = compute_dtype(grad.dtype)
     rows = B * kt
     if rows == 0 or D == 0:
         return torch.zeros(D, dtype=acc_dtype, device=grad.device)
     block_r, block_d, per_program, warps = _reduce_plan(rows, D)
-    programs = _cdiv(rows, per_program)
-    partial = _alloc((programs, D), acc_dtype, grad.device)
-    grid = (programs, _cdiv(D, block_d))
+    programs = cdiv(rows, per_program)
+    partial = _launch.new_buffer((programs, D), acc_dtype, grad.device)
+    grid = (programs, cdiv(D, block_d))
     _mask_token_grad_kernel[grid](
         grad, partial, kc, kt, rows, D, per_program,
         grad.stride(0), grad.stride(1), grad.stride(2),
@@ -433,7 +424,7 @@ class _GatherTokens(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, ids: Tensor) -> Tensor:
         B, N, D = x.shape
-        out = _alloc((B, ids.shape[1], D), x.dtype, x.device)
+        out = _launch.new_buffer((B, ids.shape[1], D), x.dtype, x.device)
         _launch_copy_rows(x, out, ids, ids_on_src=True)
         ctx.save_for_backward(ids)
         ctx.n = N

@@ -37,18 +37,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._dispatch import jit, tl, triton, use_triton
-from .latent_loss import (
-    _compute_dtype,
-    _count_args,
-    _finish_mean,
-    _LossWithStoredGrad,
-    _masked_mean,
-    _mean_count,
-    _new_buffer,
-    _tl_dtype,
-    _valid_bytes,
-)
+from . import _launch
+from ._checks import check_float, check_int_ids, validate_ids
+from ._dispatch import jit, tl, use_triton
+from ._fused_loss import finish_mean, fused_loss, masked_mean, mean_count, valid_args
+from ._launch import compute_dtype, next_pow2, tl_dtype
 
 __all__ = ["pixel_mse_loss", "pixel_mse_loss_reference", "pixel_targets_reference"]
 
@@ -86,12 +79,10 @@ def _check_pixel_args(
         )
     if tuple(ids.shape) != tuple(pred.shape[:2]):
         raise ValueError(f"ids {tuple(ids.shape)} does not match pred {tuple(pred.shape)}: expected [B, K]")
-    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-        raise ValueError(f"ids must be an integer tensor, got {ids.dtype}")
-    if not pred.dtype.is_floating_point:
-        raise ValueError(f"pred must be floating point, got {pred.dtype}")
+    check_int_ids("pixel_mse_loss", "ids", ids)
+    check_float("pixel_mse_loss", "pred", pred)
     if video.dtype.is_complex or video.dtype == torch.bool:
-        raise ValueError(f"video must be a real float or integer tensor, got {video.dtype}")
+        raise ValueError(f"pixel_mse_loss: video must be a real float or integer tensor, got {video.dtype}")
     if valid is not None and tuple(valid.shape) != tuple(ids.shape):
         raise ValueError(f"valid {tuple(valid.shape)} does not match ids: expected {tuple(ids.shape)}")
     return t // tubelet, h // patch, w // patch
@@ -116,12 +107,12 @@ def pixel_mse_loss_reference(
 ) -> Tensor:
     """Plain PyTorch ``pixel_mse_loss`` (same arguments): patchify, normalize, gather, MSE."""
     _check_pixel_args(pred, video, ids, tubelet, patch, valid)
-    compute = _compute_dtype(pred.dtype, video.dtype)
+    compute = compute_dtype(pred.dtype, video.dtype)
     if valid is not None:
         ids = ids.where(valid, 0)  # padding slots may hold any id (the kernel never reads them)
     targets = pixel_targets_reference(video, tubelet, patch, compute)
     target = targets.gather(1, ids.long().unsqueeze(-1).expand(-1, -1, targets.shape[-1]))
-    return _masked_mean((pred.to(compute) - target).square(), valid)
+    return masked_mean((pred.to(compute) - target).square(), valid)
 
 
 # --------------------------------------------------------------------------------------
@@ -178,7 +169,7 @@ def _pixel_mse_fwd_kernel(
     tl.store(partial_ptr + row, tl.sum(tl.sum(diff * diff, axis=1), axis=0))
 
     if WRITE_GRAD:
-        scale = 2.0 / _mean_count(count_ptr, count_total, n_pix * n_chan, HAS_VALID, COMPUTE)
+        scale = 2.0 / mean_count(count_ptr, count_total, n_pix * n_chan, HAS_VALID, COMPUTE)
         g = diff * scale
         # Padding tokens get explicit zeros: every element of the buffer is written.
         tl.store(grad_ptr + row.to(tl.int64) * (n_pix * n_chan) + e, g.to(grad_ptr.dtype.element_ty), mask=inside)
@@ -189,16 +180,15 @@ def _pixel_mse_triton(
 ) -> tuple[Tensor, Tensor | None]:
     """Launch the fused kernels: ``(loss, grad_pred or None)``; grad is for ``grad_output = 1``."""
     b, k, width = pred.shape
-    _, c, t, h, w = video.shape
-    compute = _compute_dtype(pred.dtype, video.dtype)
+    _, c, _, h, w = video.shape
+    compute = compute_dtype(pred.dtype, video.dtype)
     n_rows = b * k
     ids = ids.reshape(-1).contiguous()
-    valid_u8 = _valid_bytes(valid)
-    count_ptr, count_total = _count_args(valid, n_rows, width)
-    block_c = triton.next_power_of_2(c)
-    block_s = triton.next_power_of_2(tubelet * patch * patch)
-    partials = _new_buffer((n_rows,), compute, pred.device)
-    grad = _new_buffer((b, k, width), pred.dtype, pred.device) if write_grad else None
+    valid_u8, count_ptr, count_total = valid_args(valid, n_rows, width)
+    block_c = next_pow2(c)
+    block_s = next_pow2(tubelet * patch * patch)
+    partials = _launch.new_buffer((n_rows,), compute, pred.device)
+    grad = _launch.new_buffer((b, k, width), pred.dtype, pred.device) if write_grad else None
     _pixel_mse_fwd_kernel[(n_rows,)](
         pred, video, ids,
         valid_u8 if valid_u8 is not None else ids,
@@ -208,15 +198,22 @@ def _pixel_mse_triton(
         k, c, h // patch, w // patch, count_total,
         pred.stride(0), pred.stride(1), pred.stride(2),
         video.stride(0), video.stride(1), video.stride(2), video.stride(3), video.stride(4),
-        HAS_VALID=valid is not None, WRITE_GRAD=write_grad, COMPUTE=_tl_dtype(compute),
+        HAS_VALID=valid is not None, WRITE_GRAD=write_grad, COMPUTE=tl_dtype(compute),
         TUBELET=tubelet, PATCH=patch, BLOCK_C=block_c, BLOCK_S=block_s,
         num_warps=4 if block_c * block_s <= 2048 else 8,
     )  # fmt: skip
-    return _finish_mean(partials, count_ptr, count_total, width, compute), grad
+    return finish_mean(partials, count_ptr, count_total, width, compute), grad
 
 
 def pixel_mse_loss(
-    pred: Tensor, video: Tensor, ids: Tensor, tubelet: int = 2, patch: int = 16, valid: Tensor | None = None
+    pred: Tensor,
+    video: Tensor,
+    ids: Tensor,
+    tubelet: int = 2,
+    patch: int = 16,
+    valid: Tensor | None = None,
+    *,
+    check_ids: bool = True,
 ) -> Tensor:
     """VideoMAE's normalized-pixel MSE at the masked tokens, without patchifying the video.
 
@@ -224,31 +221,34 @@ def pixel_mse_loss(
         pred: ``[B, K, tubelet*patch*patch*C]`` decoder outputs for the tokens at ``ids``
             (1536 values for 2x16x16 RGB), laid out pixel-major with the channel innermost;
             fp32, bf16 or fp16 (fp64 computes in fp64). Any strides.
-        video: ``[B, C, T, H, W]`` clip, any float dtype (or uint8), any strides; no grad.
-            ``T``, ``H``, ``W`` must be divisible by ``tubelet``, ``patch``, ``patch``.
+        video: ``[B, C, T, H, W]`` clip, any float dtype (or uint8 / another integer dtype),
+            any strides; no grad. ``T``, ``H``, ``W`` must be divisible by ``tubelet``,
+            ``patch``, ``patch``.
         ids: ``[B, K]`` integer flat token ids ``t * Hp * Wp + h * Wp + w`` on the
-            ``(T/tubelet, H/patch, W/patch)`` grid (not range-checked on the Triton path);
-            any value in padding slots.
+            ``(T/tubelet, H/patch, W/patch)`` grid, in ``[0, Tp*Hp*Wp)``; any value in
+            padding slots.
         tubelet, patch: tubelet depth and patch size (2 and 16 in SALT / V-JEPA).
         valid: optional ``[B, K]`` bool, False for padding slots: left out of the mean (over
             valid tokens x values; 0 when none is valid), their ids and pixels are not read,
             their gradient is 0.
+        check_ids: check that the ids of valid slots lie in ``[0, Tp*Hp*Wp)``, on the device
+            without a host sync (``torch._assert_async``: ``RuntimeError`` on CPU, a device-side
+            assert on CUDA). ``False`` skips it, for ids correct by construction; an
+            out-of-range id then reads out of bounds on the Triton path. ``SALT_FAST_DEBUG=1``
+            checks synchronously (``ValueError``) whatever this says.
 
     Returns:
         0-dim loss, fp32 (fp64 for fp64 inputs); the math is fp32 whatever the input dtypes.
-        The gradient reaching ``pred`` has ``pred``'s dtype.
+        The gradient reaching ``pred`` has ``pred``'s dtype. Empty inputs (``B`` or ``K`` = 0)
+        give 0 with a zero gradient, as when no token is valid.
 
     Raises:
-        ValueError: on shapes that do not fit (indivisible video, wrong ``pred`` width, ...).
+        ValueError: on shapes or dtypes that do not fit (indivisible video, wrong ``pred``
+            width, non-float ``pred``, non-integer ``ids`` ...).
     """
-    _check_pixel_args(pred, video, ids, tubelet, patch, valid)
+    tp, hp, wp = _check_pixel_args(pred, video, ids, tubelet, patch, valid)
+    validate_ids("pixel_mse_loss", "ids", ids, tp * hp * wp, enabled=check_ids, valid=valid)
     tubelet, patch = int(tubelet), int(patch)
     tensors = (pred, video, ids) if valid is None else (pred, video, ids, valid)
-    if not use_triton(*tensors) or pred.numel() == 0:
-        return pixel_mse_loss_reference(pred, video, ids, tubelet, patch, valid)
-    grad_enabled = torch.is_grad_enabled()
-    if grad_enabled and video.requires_grad:
-        return pixel_mse_loss_reference(pred, video, ids, tubelet, patch, valid)  # the kernel differentiates pred only
-    if grad_enabled and pred.requires_grad:
-        return _LossWithStoredGrad.apply(_pixel_mse_triton, pred, video, ids, tubelet, patch, valid)
-    return _pixel_mse_triton(pred, video, ids, tubelet, patch, valid, write_grad=False)[0]
+    kernels = use_triton(*tensors) and pred.numel() > 0
+    return fused_loss(kernels, _pixel_mse_triton, pixel_mse_loss_reference, pred, video, ids, tubelet, patch, valid)

@@ -48,11 +48,14 @@ This module stands alone: it imports nothing from salt_fast outside salt_fast.ke
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from torch import Tensor
 
-from ._dispatch import jit, tl, triton, use_triton
+from ._checks import check_float, check_int_ids, validate_ids
+from ._dispatch import jit, tl, use_triton
+from ._launch import cdiv, next_pow2
 
 __all__ = [
     "MODES",
@@ -93,8 +96,8 @@ def token_coords(ids: Tensor | None, grid: Grid, device: torch.device | str | No
     t, h, w = _check_grid(grid)
     if ids is None:
         ids = torch.arange(t * h * w, device=device).unsqueeze(0)
-    elif ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.dim() != 2:
-        raise ValueError(f"ids must be an integer tensor of shape [B, N], got {ids.dtype} {tuple(ids.shape)}")
+    else:
+        _check_ids_shape("token_coords", ids)
     ids = ids.long()
     return torch.stack((ids // (h * w), (ids // w) % h, ids % w), dim=-1)
 
@@ -119,6 +122,8 @@ def rope3d_cos_sin(
     head_dim: int,
     mode: str = "standard",
     device: torch.device | str | None = None,
+    *,
+    check_ids: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Cos/sin tables for ``rope3d_rotate``: build once per forward, share across layers and heads.
 
@@ -128,10 +133,22 @@ def rope3d_cos_sin(
         head_dim: channels per head; ``3 * rope3d_axis_dim(head_dim)`` of them are rotated.
         mode: ``"standard"`` or ``"vjepa2"``.
         device: device of the tables when ``ids`` is ``None`` (else ``ids.device``).
+        check_ids: check that ids lie in ``[0, T*H*W)``, on the device without a host sync
+            (see ``apply_rope3d``); ``False`` skips it.
 
     Returns:
         ``(cos, sin)``, each ``[B, N, 3d]`` fp32 (``B = 1`` when ``ids`` is ``None``).
     """
+    if ids is not None:
+        _check_ids_shape("rope3d_cos_sin", ids)
+        validate_ids("rope3d_cos_sin", "ids", ids, math.prod(_check_grid(grid)), enabled=check_ids)
+    return _cos_sin(ids, grid, head_dim, mode, device)
+
+
+def _cos_sin(
+    ids: Tensor | None, grid: Grid, head_dim: int, mode: str, device: torch.device | str | None
+) -> tuple[Tensor, Tensor]:
+    """``rope3d_cos_sin`` without the id checks (the ops check their ids once)."""
     device = ids.device if ids is not None else device
     axis, omega = _channel_tables(head_dim, mode, device)
     positions = token_coords(ids, grid, device)[..., axis].float()  # [B, N, 3d]
@@ -174,18 +191,28 @@ def _check_mode(mode: str) -> None:
         raise ValueError(f"unknown RoPE mode {mode!r}; expected one of {MODES}")
 
 
-def _check_ids(ids: Tensor | None, batch: int, n_tokens: int, grid: Grid, device: torch.device, what: str) -> None:
+def _check_ids_shape(op: str, ids: Tensor) -> None:
+    check_int_ids(op, "ids", ids)
+    if ids.dim() != 2:
+        raise ValueError(f"{op}: ids must be an integer tensor of shape [B, N], got {ids.dtype} {tuple(ids.shape)}")
+
+
+def _check_ids(
+    op: str, ids: Tensor | None, batch: int, n_tokens: int, grid: Grid, device: torch.device, what: str, check: bool
+) -> None:
+    """Shapes, dtype and device of ``ids`` (free), then their range ``[0, T*H*W)`` on the device
+    (``check``: the op's ``check_ids``; see ``_checks.validate_ids``)."""
     total = grid[0] * grid[1] * grid[2]
     if ids is None:
         if n_tokens != total:
             raise ValueError(f"ids=None needs N = T*H*W = {total} tokens, got N = {n_tokens}")
         return
-    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool or ids.dim() != 2:
-        raise ValueError(f"ids must be an integer tensor of shape [B, N], got {ids.dtype} {tuple(ids.shape)}")
+    _check_ids_shape(op, ids)
     if ids.shape[0] not in (1, batch) or ids.shape[1] != n_tokens:
         raise ValueError(f"ids {tuple(ids.shape)} does not match {what}: expected [B, N] (or [1, N])")
     if ids.device != device:
         raise ValueError(f"ids are on device {ids.device} but {what} is on device {device}")
+    validate_ids(op, "ids", ids, total, enabled=check)
 
 
 # --------------------------------------------------------------------------------------
@@ -306,7 +333,7 @@ def _rope3d_kernel(
     y_offs = b * stride_yb + offs_n[:, None] * stride_yn + chan[None, :]
     head0 = pid_h * heads_per_program
     for s in tl.static_range(N_SLOTS):
-        for i in range(0, heads_per_program):
+        for i in range(heads_per_program):
             head = (head0 + i).to(tl.int64)
             x = tl.load(X + x_offs + s * stride_xs + head * stride_xh, mask=mask, other=0.0)
             if s < ROT_SLOTS:
@@ -327,7 +354,7 @@ def _rope3d_kernel(
 _TILE_ELEMENTS = 2048  # elements per [BLOCK_N, 2 * BLOCK_P] tile
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
@@ -339,11 +366,11 @@ def _launch_config(batch: int, n_tokens: int, heads: int, block_p: int, device: 
     them) unless that leaves too few programs to fill the GPU; then heads are split into
     equal groups, one program per (token block, head group, batch element).
     """
-    block_n = max(1, min(triton.next_power_of_2(n_tokens), _TILE_ELEMENTS // (2 * block_p)))
-    programs = triton.cdiv(n_tokens, block_n) * batch
+    block_n = max(1, min(next_pow2(n_tokens), _TILE_ELEMENTS // (2 * block_p)))
+    programs = cdiv(n_tokens, block_n) * batch
     if device.type != "cuda":
         return block_n, heads, 4  # interpreter: each program costs ~1 ms, use as few as possible
-    wanted = min(heads, triton.cdiv(4 * _sm_count(device), programs))
+    wanted = min(heads, cdiv(4 * _sm_count(device), programs))
     groups = next(g for g in range(max(wanted, 1), heads + 1) if heads % g == 0)
     return block_n, heads // groups, 4
 
@@ -361,7 +388,7 @@ def _launch(src: Tensor, dst: Tensor, ids: Tensor | None, grid: Grid, mode: str,
     # In place, the leftover channels are not written, except the few (< 8) that round the
     # stored width up to a multiple of 8: they are written back unchanged (keeps stores vectorized).
     cols = head_dim if full else min(head_dim, -(-6 * half // 8) * 8)
-    block_p = triton.next_power_of_2((cols + 1) // 2)
+    block_p = next_pow2((cols + 1) // 2)
     block_n, heads_per_program, num_warps = _launch_config(batch, n_tokens, heads, block_p, src.device)
     if heads % heads_per_program:
         raise RuntimeError(f"heads per program ({heads_per_program}) must divide heads ({heads})")
@@ -375,7 +402,7 @@ def _launch(src: Tensor, dst: Tensor, ids: Tensor | None, grid: Grid, mode: str,
     align = 16
     while any(s % align for s in strides):
         align //= 2
-    launch_grid = (triton.cdiv(n_tokens, block_n), heads // heads_per_program, batch)
+    launch_grid = (cdiv(n_tokens, block_n), heads // heads_per_program, batch)
     _rope3d_kernel[launch_grid](
         src,
         dst,
@@ -462,16 +489,22 @@ class _Rope3dQKVInPlace(torch.autograd.Function):
 # --------------------------------------------------------------------------------------
 
 
-def apply_rope3d(x: Tensor, ids: Tensor | None, grid: Grid, mode: str = "standard") -> Tensor:
+def apply_rope3d(x: Tensor, ids: Tensor | None, grid: Grid, mode: str = "standard", *, check_ids: bool = True) -> Tensor:
     """Apply 3D RoPE to queries or keys (out of place).
 
     Args:
         x: ``[B, heads, N, head_dim]``, any float dtype, any strides; any ``head_dim``.
+            Non-float tensors are refused (``ValueError``).
         ids: ``[B, N]`` (or ``[1, N]``, shared by the batch) integer flat token ids of the
             ``N`` tokens, each in ``[0, T*H*W)``, on ``x``'s device; or ``None`` when ``x``
             holds the full grid in order (``N = T * H * W``).
         grid: ``(T, H, W)`` token grid the ids refer to.
         mode: ``"standard"`` (default) or ``"vjepa2"``; see the module docstring.
+        check_ids: check that ids lie in ``[0, T*H*W)``, on the device without a host sync
+            (``torch._assert_async``: ``RuntimeError`` on CPU, a device-side assert on CUDA).
+            ``False`` skips it, for ids correct by construction (out-of-range ids then give
+            meaningless positions). ``SALT_FAST_DEBUG=1`` checks synchronously (``ValueError``)
+            whatever this says.
 
     Returns:
         A new ``[B, heads, N, head_dim]`` tensor in ``x``'s dtype (``x`` itself when
@@ -484,12 +517,13 @@ def apply_rope3d(x: Tensor, ids: Tensor | None, grid: Grid, mode: str = "standar
     """
     if x.dim() != 4:
         raise ValueError(f"x must be [B, heads, N, head_dim], got shape {tuple(x.shape)}")
+    check_float("apply_rope3d", "x", x)
     grid = _check_grid(grid)
     _check_mode(mode)
-    _check_ids(ids, x.shape[0], x.shape[2], grid, x.device, f"x {tuple(x.shape)}")
+    _check_ids("apply_rope3d", ids, x.shape[0], x.shape[2], grid, x.device, f"x {tuple(x.shape)}", check_ids)
     if use_triton(x) and x.dtype in _KERNEL_DTYPES and rope3d_axis_dim(x.shape[-1]) > 0:
         return _Rope3dOutOfPlace.apply(x, ids, grid, mode, False, False)
-    cos, sin = rope3d_cos_sin(ids, grid, x.shape[-1], mode, device=x.device)
+    cos, sin = _cos_sin(ids, grid, x.shape[-1], mode, x.device)
     return rope3d_rotate(x, cos, sin)
 
 
@@ -499,6 +533,8 @@ def rope3d_qkv_(
     grid: Grid,
     mode: str = "standard",
     cos_sin: tuple[Tensor, Tensor] | None = None,
+    *,
+    check_ids: bool = True,
 ) -> Tensor:
     """Rotate q and k of a packed qkv projection in place; v is left untouched.
 
@@ -514,6 +550,8 @@ def rope3d_qkv_(
         cos_sin: optional ``(cos, sin)`` from ``rope3d_cos_sin(ids, grid, head_dim, mode)``
             (built once per forward, shared across layers) for the reference path; the
             Triton path computes its angles in-kernel and ignores it.
+        check_ids: check that ids lie in ``[0, T*H*W)``, on the device without a host sync
+            (see ``apply_rope3d``); ``False`` skips it.
 
     Returns:
         ``qkv`` itself. Autograd: recorded as an in-place op (``qkv`` must not be a leaf that
@@ -529,27 +567,26 @@ def rope3d_qkv_(
     """
     if qkv.dim() != 5 or qkv.shape[2] != 3:
         raise ValueError(f"qkv must be [B, N, 3, heads, head_dim], got shape {tuple(qkv.shape)}")
-    if not qkv.is_floating_point():
-        raise ValueError(f"qkv must be a float tensor, got {qkv.dtype}")
-    batch, n_tokens, _, heads, head_dim = qkv.shape
+    check_float("rope3d_qkv_", "qkv", qkv)
+    batch, n_tokens, _, _, head_dim = qkv.shape
     if qkv.stride(-1) != 1 and head_dim > 1:
         raise ValueError(f"qkv's last dim (head_dim) must be contiguous, got strides {qkv.stride()}")
     grid = _check_grid(grid)
     _check_mode(mode)
-    _check_ids(ids, batch, n_tokens, grid, qkv.device, f"qkv {tuple(qkv.shape)}")
+    _check_ids("rope3d_qkv_", ids, batch, n_tokens, grid, qkv.device, f"qkv {tuple(qkv.shape)}", check_ids)
     r = 3 * rope3d_axis_dim(head_dim)
-    if cos_sin is not None:
-        if len(cos_sin) != 2 or any(
-            t.dim() != 3 or t.shape[0] not in (1, batch) or tuple(t.shape[1:]) != (n_tokens, r) for t in cos_sin
-        ):
-            shapes = [tuple(t.shape) for t in cos_sin]
-            raise ValueError(f"cos_sin must be (cos, sin) of shape [B or 1, N={n_tokens}, 3d={r}], got {shapes}")
+    if cos_sin is not None and (
+        len(cos_sin) != 2
+        or any(t.dim() != 3 or t.shape[0] not in (1, batch) or tuple(t.shape[1:]) != (n_tokens, r) for t in cos_sin)
+    ):
+        shapes = [tuple(t.shape) for t in cos_sin]
+        raise ValueError(f"cos_sin must be (cos, sin) of shape [B or 1, N={n_tokens}, 3d={r}], got {shapes}")
     triton_path = use_triton(qkv)
     if r == 0:
         return qkv
     if triton_path and qkv.dtype in _KERNEL_DTYPES:
         return _Rope3dQKVInPlace.apply(qkv, ids, grid, mode)
-    cos, sin = cos_sin if cos_sin is not None else rope3d_cos_sin(ids, grid, head_dim, mode, device=qkv.device)
+    cos, sin = cos_sin if cos_sin is not None else _cos_sin(ids, grid, head_dim, mode, qkv.device)
     qk = qkv[:, :, :2, :, :r].permute(2, 0, 3, 1, 4)  # [2, B, heads, N, r]
     qkv[:, :, :2, :, :r] = rope3d_rotate(qk, cos, sin).permute(1, 3, 0, 2, 4)
     return qkv

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from salt_fast.kernels import latent_loss, pixel_loss
+from salt_fast.kernels import _fused_loss, _launch, latent_loss
 from salt_fast.kernels.latent_loss import latent_l1_loss
 from salt_fast.kernels.pixel_loss import pixel_mse_loss, pixel_mse_loss_reference, pixel_targets_reference
 
@@ -28,8 +28,7 @@ def kernels(monkeypatch):
     def poisoned(shape, dtype, device):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
-    monkeypatch.setattr(latent_loss, "_new_buffer", poisoned)
-    monkeypatch.setattr(pixel_loss, "_new_buffer", poisoned)
+    monkeypatch.setattr(_launch, "new_buffer", poisoned)
 
     def select(mode):
         monkeypatch.setenv("SALT_FAST_KERNELS", mode)
@@ -135,12 +134,12 @@ def test_latent_valid_mask(kernels, d, dtype):
 def test_finish_mean_sums_every_partial_in_fixed_order():
     """The final one-program reduction loops over blocks of 1024 partials (more than tests launch)."""
     partials = torch.rand(5000)
-    out = latent_loss._finish_mean(partials, None, 1234.0, 1, torch.float32)
+    out = _fused_loss.finish_mean(partials, None, 1234.0, 1, torch.float32)
     torch.testing.assert_close(out.double(), partials.double().sum() / 1234.0, rtol=1e-6, atol=0)
     valid = torch.rand(77) < 0.5
-    counted = latent_loss._finish_mean(partials, valid.sum(), 0.0, 7, torch.float32)
+    counted = _fused_loss.finish_mean(partials, valid.sum(), 0.0, 7, torch.float32)
     torch.testing.assert_close(counted.double(), partials.double().sum() / (int(valid.sum()) * 7), rtol=1e-6, atol=0)
-    assert torch.equal(latent_loss._finish_mean(partials, valid.sum(), 0.0, 7, torch.float32), counted)
+    assert torch.equal(_fused_loss.finish_mean(partials, valid.sum(), 0.0, 7, torch.float32), counted)
 
 
 def test_latent_no_valid_token(kernels):

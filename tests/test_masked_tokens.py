@@ -1,12 +1,13 @@
 """Masked token ops: Triton kernels (run in the interpreter on CPU) against the references.
 
-Every output buffer the ops allocate is poisoned with NaN (``_alloc`` is patched), so an
-element a kernel forgets to write fails the comparison.
+Every output buffer the ops allocate is poisoned with NaN (``_launch.new_buffer`` is patched),
+so an element a kernel forgets to write fails the comparison.
 """
 
 import pytest
 import torch
 
+from salt_fast.kernels import _dispatch, _launch
 from salt_fast.kernels import masked_tokens as mt
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -22,14 +23,14 @@ def poisoned(monkeypatch):
         shapes.append(tuple(shape))
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
-    monkeypatch.setattr(mt, "_alloc", alloc)
+    monkeypatch.setattr(_launch, "new_buffer", alloc)
     return shapes
 
 
 @pytest.fixture
 def gpu_tiling(monkeypatch):
     """Use the GPU launch configuration (small blocks, several per axis) in the interpreter."""
-    monkeypatch.setattr(mt, "INTERPRETED", False)
+    monkeypatch.setattr(_dispatch, "INTERPRETED", False)
 
 
 def with_kernels(monkeypatch, mode, fn, *args):
@@ -126,18 +127,19 @@ def test_gather_empty(monkeypatch):
 
 
 def test_gather_ids_contract(monkeypatch):
-    """Out-of-range ids read zeros and drop their gradient (no sync); SALT_FAST_DEBUG=1 raises."""
+    """Unchecked (check_ids=False) out-of-range ids read zeros and drop their gradient; checked ones
+    raise (tests/test_kernel_inputs.py); SALT_FAST_DEBUG=1 raises even unchecked, and on duplicates."""
     monkeypatch.setenv("SALT_FAST_KERNELS", "triton")
     x = torch.randn(1, 6, 100, requires_grad=True)
     bad = torch.tensor([[2, 6, -1]])
-    out = mt.gather_tokens(x, bad)
+    out = mt.gather_tokens(x, bad, check_ids=False)
     assert torch.equal(out[0, 0], x[0, 2]) and not out[0, 1:].any()
     (grad,) = torch.autograd.grad(out, x, torch.ones_like(out))
     assert grad[0, 2].eq(1).all() and grad.sum() == 100
 
     monkeypatch.setenv("SALT_FAST_DEBUG", "1")
     with pytest.raises(ValueError, match="lie in"):
-        mt.gather_tokens(x, bad)
+        mt.gather_tokens(x, bad, check_ids=False)
     with pytest.raises(ValueError, match="unique"):
         mt.gather_tokens(x, torch.tensor([[1, 3, 1]]))
     mt.gather_tokens(x, torch.tensor([[1, 3, 5]]))  # valid ids pass

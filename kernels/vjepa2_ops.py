@@ -37,6 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._checks import check_float, check_int_ids
+from ._fused_loss import masked_mean
+from ._launch import compute_dtype
 from .latent_loss import latent_l1_loss
 from .masked_tokens import gather_tokens
 from .rope3d import MODES, apply_rope3d, rope3d_qkv_
@@ -47,20 +50,21 @@ Grid = tuple[int, int, int]
 Masks = Tensor | Sequence[Tensor]
 
 
-def _as_mask_list(masks: Masks, what: str) -> list[Tensor]:
+def _as_mask_list(masks: Masks, op: str) -> list[Tensor]:
     """A single ``[B, K]`` id tensor or a sequence of them -> a non-empty list, checked."""
     listed = [masks] if isinstance(masks, Tensor) else list(masks)
     if not listed:
-        raise ValueError(f"{what}: expected at least one mask, got an empty sequence")
+        raise ValueError(f"{op}: expected at least one mask, got an empty sequence")
     for i, m in enumerate(listed):
         if not isinstance(m, Tensor):
-            raise TypeError(f"{what}[{i}] must be a tensor of token ids, got {type(m).__name__}")
-        if m.dim() != 2 or m.dtype.is_floating_point or m.dtype.is_complex or m.dtype == torch.bool:
-            raise ValueError(f"{what}[{i}] must be an integer tensor [B, K] of token ids, got {m.dtype} {tuple(m.shape)}")
+            raise TypeError(f"{op}: masks[{i}] must be a tensor of token ids, got {type(m).__name__}")
+        check_int_ids(op, f"masks[{i}]", m)
+        if m.dim() != 2:
+            raise ValueError(f"{op}: masks[{i}] must be an integer tensor [B, K] of token ids, got {tuple(m.shape)}")
     return listed
 
 
-def apply_masks(x: Tensor, masks: Masks, concat: bool = True) -> Tensor | list[Tensor]:
+def apply_masks(x: Tensor, masks: Masks, concat: bool = True, *, check_ids: bool = True) -> Tensor | list[Tensor]:
     """Keep the tokens of ``x`` named by each mask; V-JEPA 2's ``apply_masks``.
 
     Args:
@@ -71,6 +75,9 @@ def apply_masks(x: Tensor, masks: Masks, concat: bool = True) -> Tensor | list[T
             once, without atomics); the reference path sums duplicates.
         concat: as in V-JEPA 2: True concatenates the gathers along the batch dim, False
             returns them as a list.
+        check_ids: check that ids lie in ``[0, N)`` without a host sync (``gather_tokens``);
+            ``False`` skips it. ``SALT_FAST_DEBUG=1`` also checks uniqueness (when ``x``
+            needs a gradient), synchronously.
 
     Returns:
         ``[len(masks) * B, K, D]`` (mask ``i`` in rows ``i*B .. (i+1)*B - 1``; all masks must
@@ -79,11 +86,11 @@ def apply_masks(x: Tensor, masks: Masks, concat: bool = True) -> Tensor | list[T
     """
     if x.dim() != 3:
         raise ValueError(f"x must be [B, N, D], got shape {tuple(x.shape)}")
-    masks = _as_mask_list(masks, "masks")
+    masks = _as_mask_list(masks, "apply_masks")
     for i, m in enumerate(masks):
         if m.shape[0] != x.shape[0]:
             raise ValueError(f"masks[{i}] {tuple(m.shape)} does not match x {tuple(x.shape)}: expected [{x.shape[0]}, K]")
-    parts = [gather_tokens(x, m) for m in masks]
+    parts = [gather_tokens(x, m, check_ids=check_ids) for m in masks]
     if not concat:
         return parts
     if len(parts) == 1:
@@ -94,15 +101,17 @@ def apply_masks(x: Tensor, masks: Masks, concat: bool = True) -> Tensor | list[T
     return torch.cat(parts, dim=0)
 
 
-def _position_ids(masks: Masks | None) -> Tensor | None:
+def _position_ids(masks: Masks | None, op: str) -> Tensor | None:
     """V-JEPA 2's position convention: masks of a concatenated batch are concatenated too."""
     if masks is None:
         return None
-    listed = _as_mask_list(masks, "masks")
+    listed = _as_mask_list(masks, op)
     return listed[0] if len(listed) == 1 else torch.cat(listed, dim=0)
 
 
-def rotate_qk(q: Tensor, k: Tensor, masks: Masks | None, grid: Grid, mode: str = "vjepa2") -> tuple[Tensor, Tensor]:
+def rotate_qk(
+    q: Tensor, k: Tensor, masks: Masks | None, grid: Grid, mode: str = "vjepa2", *, check_ids: bool = True
+) -> tuple[Tensor, Tensor]:
     """3D RoPE on queries and keys, as V-JEPA 2's ``RoPEAttention`` applies it.
 
     Per head, channels ``[0, d)``, ``[d, 2d)`` and ``[2d, 3d)`` (``d = 2 * ((head_dim // 3) // 2)``)
@@ -122,6 +131,8 @@ def rotate_qk(q: Tensor, k: Tensor, masks: Masks | None, grid: Grid, mode: str =
         mode: ``"vjepa2"`` (default; the released convention: channel ``c`` of a chunk turns by
             ``omega_(c mod d/2)``, needed for V-JEPA 2 weights) or ``"standard"`` (pair ``j``
             turns by ``omega_j``: a true rotation).
+        check_ids: check that the ids lie in ``[0, T*H*W)`` without a host sync
+            (``apply_rope3d``); ``False`` skips it.
 
     Returns:
         ``(q_rotated, k_rotated)``, new tensors of the input shapes and dtypes. Differentiable;
@@ -134,17 +145,18 @@ def rotate_qk(q: Tensor, k: Tensor, masks: Masks | None, grid: Grid, mode: str =
         raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must have the same shape")
     if mode not in MODES:
         raise ValueError(f"unknown RoPE mode {mode!r}; expected one of {MODES}")
-    ids = _position_ids(masks)
-    return apply_rope3d(q, ids, grid, mode), apply_rope3d(k, ids, grid, mode)
+    ids = _position_ids(masks, "rotate_qk")
+    # q and k share the ids: check them once
+    return apply_rope3d(q, ids, grid, mode, check_ids=check_ids), apply_rope3d(k, ids, grid, mode, check_ids=False)
 
 
-def rotate_qkv_(qkv: Tensor, masks: Masks | None, grid: Grid, mode: str = "vjepa2") -> Tensor:
+def rotate_qkv_(qkv: Tensor, masks: Masks | None, grid: Grid, mode: str = "vjepa2", *, check_ids: bool = True) -> Tensor:
     """``rotate_qk`` in place on a packed projection: one launch rotates q and k, v is untouched.
 
     Args:
         qkv: ``[B, N, 3, heads, head_dim]`` = ``self.qkv(x).unflatten(-1, (3, heads, -1))``,
             last dim contiguous (a non-leaf: the op is recorded by autograd as in-place).
-        masks, grid, mode: as ``rotate_qk``.
+        masks, grid, mode, check_ids: as ``rotate_qk``.
 
     Returns:
         ``qkv`` itself; ``q, k, v = qkv.permute(2, 0, 3, 1, 4)`` are then V-JEPA 2's rotated q
@@ -152,11 +164,17 @@ def rotate_qkv_(qkv: Tensor, masks: Masks | None, grid: Grid, mode: str = "vjepa
     """
     if mode not in MODES:
         raise ValueError(f"unknown RoPE mode {mode!r}; expected one of {MODES}")
-    return rope3d_qkv_(qkv, _position_ids(masks), grid, mode)
+    return rope3d_qkv_(qkv, _position_ids(masks, "rotate_qkv_"), grid, mode, check_ids=check_ids)
 
 
 def jepa_latent_loss(
-    preds: Tensor | Sequence[Tensor], target: Tensor, masks: Masks, loss_exp: float = 1.0, eps: float = 1e-5
+    preds: Tensor | Sequence[Tensor],
+    target: Tensor,
+    masks: Masks,
+    loss_exp: float = 1.0,
+    eps: float = 1e-5,
+    *,
+    check_ids: bool = True,
 ) -> Tensor:
     """V-JEPA 2's prediction loss for one clip batch and its list of masks.
 
@@ -175,18 +193,21 @@ def jepa_latent_loss(
             fused ``latent_l1_loss`` kernel; other values run a plain PyTorch path that
             normalizes the gathered rows only.
         eps: LayerNorm epsilon; 1e-5 is ``F.layer_norm``'s default, which V-JEPA 2 uses.
+        check_ids: check that the ids lie in ``[0, N)`` without a host sync
+            (``latent_l1_loss`` / ``gather_tokens``); ``False`` skips it.
 
     Returns:
         0-dim fp32 loss (fp64 for fp64 inputs); all math is fp32, as V-JEPA 2's under bf16
         autocast (its ``layer_norm`` runs in fp32 there). Differentiable in ``preds``; in
         ``target`` too when it requires grad (V-JEPA 2's target has none: it runs under no_grad).
+        A mask with no token (``K = 0``, or ``B = 0``) contributes 0, with a zero gradient.
 
     Several clip-length groups (V-JEPA 2's outer list): call once per group; V-JEPA 2 averages
     over every (group, mask) pair, which is the mean of these per-group losses when the
     groups have the same number of masks.
     """
     pred_list = [preds] if isinstance(preds, Tensor) else list(preds)
-    mask_list = _as_mask_list(masks, "masks")
+    mask_list = _as_mask_list(masks, "jepa_latent_loss")
     if len(pred_list) != len(mask_list):
         raise ValueError(f"got {len(pred_list)} predictions for {len(mask_list)} masks: expected one per mask")
     if not loss_exp > 0:
@@ -196,15 +217,18 @@ def jepa_latent_loss(
     terms = []
     for pred, ids in zip(pred_list, mask_list):
         if loss_exp == 1:
-            terms.append(latent_l1_loss(pred, target, ids, eps=eps))
+            terms.append(latent_l1_loss(pred, target, ids, eps=eps, check_ids=check_ids))
             continue
         if pred.dim() != 3 or tuple(pred.shape[:2]) != tuple(ids.shape) or pred.shape[2] != target.shape[2]:
             raise ValueError(
                 f"pred {tuple(pred.shape)}, target {tuple(target.shape)} and ids {tuple(ids.shape)} disagree: "
                 "expected [B, K, D], [B, N, D] and [B, K]"
             )
-        compute = torch.float64 if torch.float64 in (pred.dtype, target.dtype) else torch.float32
-        rows = gather_tokens(target, ids).to(compute)  # LayerNorm is per row: gather first, normalize K rows
+        check_float("jepa_latent_loss", "preds", pred)
+        check_float("jepa_latent_loss", "target", target)
+        compute = compute_dtype(pred.dtype, target.dtype)
+        # LayerNorm is per row: gather first, normalize K rows
+        rows = gather_tokens(target, ids, check_ids=check_ids).to(compute)
         normed = F.layer_norm(rows, rows.shape[-1:], eps=eps)
-        terms.append((pred.to(compute) - normed).abs().pow(loss_exp).mean() / loss_exp)
+        terms.append(masked_mean((pred.to(compute) - normed).abs().pow(loss_exp), None) / loss_exp)
     return torch.stack(terms).mean()

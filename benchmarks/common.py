@@ -1,7 +1,16 @@
-"""What every benchmark records beside its numbers: device, versions, commit."""
+"""What every benchmark shares: what it records beside its numbers (device, versions, commit),
+its ``--help`` formatting, and where it writes.
+
+Where results go: a run writes into ``benchmarks/results/local/`` (git-ignored), so trying a
+benchmark never rewrites the committed results; ``--refresh`` writes into the committed
+``benchmarks/results/`` instead (to update them on purpose); ``--out PATH`` wins over both.
+Every script declares these flags with :func:`add_output_args` and picks its file with
+:func:`output_path`.
+"""
 
 from __future__ import annotations
 
+import argparse
 import platform
 import subprocess
 from pathlib import Path
@@ -9,10 +18,50 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from salt_fast.eval.probe import write_result
+from salt_fast.cli import HelpFormatter
+from salt_fast.metrics import write_result
+
+__all__ = [
+    "LOCAL", "LOCAL_RESULTS", "RESULTS", "ROOT", "HelpFormatter", "add_output_args", "cpu_model", "environment",
+    "output_path", "results_dir", "shown", "write_json", "write_text",
+]  # fmt: skip
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = ROOT / "benchmarks" / "results"  # committed: written only with --refresh
+LOCAL = "local"  # the git-ignored subfolder of a results folder, where a run writes by default
+LOCAL_RESULTS = RESULTS / LOCAL
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it (for messages and help texts)."""
+    path = Path(path)
+    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+
+
+def add_output_args(parser: argparse.ArgumentParser, default_name: str, what: str = "results JSON") -> None:
+    """``--out PATH`` and ``--refresh``; ``default_name`` is the file's name in the results folder
+    (a pattern such as ``data_<device>.json`` where the script derives it from the run)."""
+    parser.add_argument(
+        "--out", type=Path, default=None,
+        help=f"{what} path, overriding --refresh (default: {default_name} in {shown(LOCAL_RESULTS)}/, "
+        f"or in {shown(RESULTS)}/ with --refresh)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--refresh", action="store_true",
+        help=f"refresh the committed results: write into {shown(RESULTS)}/ instead of the untracked {shown(LOCAL_RESULTS)}/",
+    )  # fmt: skip
+
+
+def results_dir(args: argparse.Namespace, committed: Path | None = None) -> Path:
+    """The committed results folder (``committed``, default :data:`RESULTS`) with ``--refresh``,
+    its untracked local/ subfolder otherwise."""
+    committed = RESULTS if committed is None else Path(committed)
+    return committed if args.refresh else committed / LOCAL
+
+
+def output_path(args: argparse.Namespace, name: str, committed: Path | None = None) -> Path:
+    """``--out`` when given, else ``name`` in :func:`results_dir`."""
+    return Path(args.out) if args.out is not None else results_dir(args, committed) / name
 
 
 def _git(*args: str) -> str | None:
@@ -57,4 +106,12 @@ def environment() -> dict:
 
 def write_json(path: Path, record: dict) -> None:
     write_result(path, record)
-    print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    print(f"wrote {shown(Path(path))}")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a text file (parent folders created) and say where it went."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    print(f"wrote {shown(path)}")

@@ -10,9 +10,10 @@ one SALT training sample costs. Paths:
 * ``dali-cpu`` (VP9 only; DALI's CPU decoder cannot read H.264) and ``dali-gpu`` (NVDEC,
   when a GPU is present).
 
-    python benchmarks/data.py [--videos 16] [--batches 6] [--batch-size 8] [--workers 0 1 2]
+    python benchmarks/data.py [--videos 16] [--batches 6] [--batch-size 8] [--workers 0 1 2] [--refresh | --out PATH]
 
-Writes benchmarks/results/data_<device>.json.
+Writes benchmarks/results/local/data_<device>.json (untracked; --refresh: the committed
+benchmarks/results/data_<device>.json).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment, write_json  # noqa: E402
+from common import HelpFormatter, add_output_args, environment, output_path, write_json  # noqa: E402
 
 from salt_fast.data import TrainTransform, VideoClips, VideoList, make_synthetic_dataset, video_loader  # noqa: E402
 from salt_fast.data.loader import epoch_order  # noqa: E402
@@ -62,15 +63,20 @@ def dali_path(videos: VideoList, device: str, batch_size: int, count: int) -> fl
     return time_batches(loader, count)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--videos", type=int, default=16)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--videos", type=int, default=16, help="synthetic videos per codec")
     parser.add_argument("--frames", type=int, default=96, help="frames per synthetic video")
     parser.add_argument("--batches", type=int, default=6, help="timed batches per path")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--workers", type=int, nargs="+", default=sorted({0, 1, os.cpu_count() or 1}))
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
+    parser.add_argument("--batch-size", type=int, default=8, help="clips per batch")
+    parser.add_argument("--workers", type=int, nargs="+", default=sorted({0, 1, os.cpu_count() or 1}),
+                        help="dataloader worker counts to time the CPU decoders with")  # fmt: skip
+    add_output_args(parser, "data_<device>.json")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(1)  # parallelism comes from the workers, as in training
 
     results = []
@@ -113,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
         "results": results,
     }
     name = "data_" + record["device"].replace(" ", "_") + ".json"
-    write_json(args.out or RESULTS / name, record)
+    write_json(output_path(args, name), record)
     return record
 
 

@@ -8,7 +8,10 @@ parameter counts. The paper's printed values are not all consistent with one set
 (Table 16 prints the 20k-step teacher as 0.061 and the 80k one as 0.241, but 4 x 0.061 > 0.241),
 so agreement is judged to within one unit of each printed value's last digit.
 
-    python benchmarks/flops.py [--out benchmarks/results/flops_tables.json]
+    python benchmarks/flops.py [--refresh | --out PATH]
+
+Writes benchmarks/results/local/flops_tables.json (untracked); --refresh rewrites the committed
+benchmarks/results/flops_tables.json.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment, write_json  # noqa: E402
+from common import HelpFormatter, add_output_args, environment, output_path, write_json  # noqa: E402
 
-from salt_fast.flops import six_nd, step_flops  # noqa: E402
+from salt_fast.flops import step_flops  # noqa: E402
 from salt_fast.masking import MaskSampler  # noqa: E402
 from salt_fast.models import build_encoder, build_pixel_decoder, build_predictor  # noqa: E402
+from salt_fast.stages import STAGES  # noqa: E402
 
 BATCH, T224, T256 = 3072, 1568, 2048
 PAPER_N = {"vit_l": 0.303e9, "vit_h": 0.632e9, "vit_g": 1.012e9, "vit_G": 1.843e9}
@@ -32,8 +36,8 @@ N_P = 0.022e9
 
 
 def stage(kind: str, model: str, steps: int, tokens: int, n: dict, n_p: float, n_p_pixel: float) -> float:
-    n_p = n_p_pixel if kind == "pixel" else n_p
-    return six_nd(kind, n[model], n_p, tokens, steps * BATCH, n_teacher=n["vit_l"])["flops"] / 1e21
+    n_p = n_p if STAGES[kind].predicts_latents else n_p_pixel
+    return STAGES[kind].six_nd(n[model], n_p, tokens, steps * BATCH, n_teacher=n["vit_l"])["flops"] / 1e21
 
 
 def exact_counts() -> tuple[dict, float, float]:
@@ -87,7 +91,7 @@ def exact_vs_six_nd(batch: int = 24, steps: int = 20) -> list[dict]:
             n_e = sum(p.numel() for p in encoder.parameters())
             n_p = sum(p.numel() for p in head.parameters())
             n_t = sum(p.numel() for p in teacher.parameters())
-            est = six_nd(kind, n_e, n_p, T224, 1, n_teacher=n_t)["flops"]
+            est = STAGES[kind].six_nd(n_e, n_p, T224, 1, n_teacher=n_t)["flops"]
             context = sum(m.context.shape[1] for masks in batches for m in masks) / (len(batches) * 2 * T224)
             rows.append({"stage": kind, "model": model, "exact_per_sample": exact, "six_nd_per_sample": est,
                          "ratio": exact / est, "mean_context_fraction": context})  # fmt: skip
@@ -98,10 +102,14 @@ def within_last_digit(row: dict) -> bool:
     return abs(row["computed"] - row["paper"]) <= 10 ** -row["decimals"] + 1e-12
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_output_args(parser, "flops_tables.json")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=RESULTS / "flops_tables.json")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     paper = tables(PAPER_N, N_P, N_P)
     ours_n, ours_p, ours_pix = exact_counts()
     ours = tables(ours_n, ours_p, ours_pix)
@@ -123,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
         "rows": [{**p, "computed_exact_N": o["computed"], "within_last_digit": within_last_digit(p)} for p, o in zip(paper, ours)],
         "exact_vs_six_nd": comparison,
     }  # fmt: skip
-    write_json(args.out, record)
+    write_json(output_path(args, "flops_tables.json"), record)
     return record
 
 

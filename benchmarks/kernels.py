@@ -6,8 +6,10 @@ truncation really give at that batch. For every op and implementation: median fo
 backward time, achieved GB/s (bytes the op must move, counted below) and its share of the
 device's measured copy bandwidth, and peak memory of forward + backward.
 
-    python benchmarks/kernels.py                 # GPU: writes benchmarks/results/kernels_<device>.json
+    python benchmarks/kernels.py                 # GPU: writes benchmarks/results/local/kernels_<device>.json
+    python benchmarks/kernels.py --refresh       # GPU: the committed benchmarks/results/kernels_<device>.json
     python benchmarks/kernels.py --smoke         # CPU: tiny shapes, Triton interpreter, checks the script
+                                                 # (writes nothing unless --out is given)
 
 Implementations: "eager" = the op's PyTorch reference (for the latent loss also
 "eager_unfused" = V-JEPA 2's LayerNorm over all tokens, then gather, then L1); "compiled" =
@@ -33,7 +35,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment, write_json  # noqa: E402
+from common import HelpFormatter, add_output_args, environment, output_path, write_json  # noqa: E402
 
 from salt_fast.kernels import latent_loss, masked_tokens, pixel_loss, rope3d  # noqa: E402
 from salt_fast.masking import MaskSampler  # noqa: E402
@@ -238,14 +240,19 @@ def build_cases(model: str, batch: int, frames: int, res: int, dtype, device, co
     return cases
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["vit_l", "vit_g"])
-    parser.add_argument("--batch", type=int, default=24)
-    parser.add_argument("--reps", type=int, default=50)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["vit_l", "vit_g"], help="encoder presets whose shapes are timed")
+    parser.add_argument("--batch", type=int, default=24, help="clips per GPU (sets the token counts)")
+    parser.add_argument("--reps", type=int, default=50, help="timed repetitions per op and implementation")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
-    parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU through the Triton interpreter")
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU through the Triton interpreter; writes a JSON only with --out")
+    add_output_args(parser, "kernels_<device>.json")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     if args.smoke:
@@ -298,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if not args.smoke or args.out is not None:
         name = "kernels_" + record["device"].replace(" ", "_") + ".json"
-        write_json(args.out or RESULTS / name, record)
+        write_json(output_path(args, name), record)
     return record
 
 

@@ -4,9 +4,10 @@ One "batch" is MaskSampler.sample(24, step) on the 8x14x14 grid with MULTI_BLOCK
 range) and "min" truncation: both configurations sampled and collated into id tensors, i.e.
 everything a V-JEPA-style collator does for the masks. Each backend gets a warm-up, then runs
 for about --seconds with a fresh step every batch (a pure function of the step, so every
-batch is new work). Writes benchmarks/results/masking_cpu.json.
+batch is new work). Writes benchmarks/results/local/masking_cpu.json (untracked; --refresh:
+the committed benchmarks/results/masking_cpu.json).
 
-    python benchmarks/masking.py [--seconds 2] [--batch 24] [--out PATH]
+    python benchmarks/masking.py [--seconds 2] [--batch 24] [--refresh | --out PATH]
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment, write_json  # noqa: E402
+from common import HelpFormatter, add_output_args, environment, output_path, write_json  # noqa: E402
 
 from salt_fast import masking as M  # noqa: E402
 
@@ -57,13 +58,17 @@ def mask_statistics(batch: int, grid: tuple[int, int, int], batches: int) -> dic
     return {name: {k: v / batches for k, v in acc.items()} for name, acc in zip(names, sums)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per backend")
-    parser.add_argument("--batch", type=int, default=24)
+    parser.add_argument("--batch", type=int, default=24, help="clips per sampled batch")
     parser.add_argument("--stat-batches", type=int, default=200, help="batches for the mask statistics")
-    parser.add_argument("--out", type=Path, default=RESULTS / "masking_cpu.json")
-    args = parser.parse_args()
+    add_output_args(parser, "masking_cpu.json")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
 
     torch.set_num_threads(1)  # the bar is single-thread; the C++ path is single-threaded anyway
     grid = (8, 14, 14)
@@ -99,7 +104,7 @@ def main() -> None:
         "speedup_cpp_over_python": speedup,
         "mask_statistics": {"batches": args.stat_batches, **stats},
     }
-    write_json(args.out, record)
+    write_json(output_path(args, "masking_cpu.json"), record)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 
 Re-probes the four encoders of a finished ``reproduce_small`` workdir on one task (motion by
 default) with the same fast protocol at several epoch counts, from the same seeded heads, and
-writes ``benchmarks/results/reproduce_small_probe_length.json``. The reproduction's 20-epoch
+writes ``benchmarks/results/local/reproduce_small_probe_length.json`` (untracked; ``--refresh``:
+the committed ``benchmarks/results/reproduce_small_probe_length.json``). The reproduction's 20-epoch
 probe stops while the heads are still fitting; this shows whether a longer probe changes the
 ordering of the encoders, and which features hold the information at all (train loss beside
 validation top-1).
@@ -20,21 +21,27 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, environment, write_json  # noqa: E402
+from common import ROOT, HelpFormatter, add_output_args, environment, output_path, write_json  # noqa: E402
 from reproduce_small import ENCODERS, load_encoders, probe_config  # noqa: E402
 
 from salt_fast.config import load_config  # noqa: E402
 from salt_fast.eval.probe import run_probe  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "reproduce_small")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "reproduce_small",
+                        help="the finished benchmarks/reproduce_small.py workdir to re-probe")  # fmt: skip
     parser.add_argument("--epochs", default="20,60,100", help="comma-separated probe epoch counts")
-    parser.add_argument("--task", default="motion", choices=("motion", "shape", "colour"))
+    parser.add_argument("--task", default="motion", choices=("motion", "shape", "colour"), help="the probe task")
     parser.add_argument("--seed", type=int, default=0, help="the reproduction's --seed (random init and probe heads)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "reproduce_small_probe_length.json")
+    add_output_args(parser, "reproduce_small_probe_length.json")
     parser.add_argument("--progress", action="store_true", help="progress bars")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
     args = parser.parse_args(argv)
     epochs = [int(e) for e in args.epochs.split(",")]
     if not epochs or min(epochs) < 1:
@@ -61,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["setup"] = {"workdir": str(args.workdir), "frames": d.frames, "resolution": d.resolution, "seed": args.seed}
     results["time_s"] = time.perf_counter() - start
     results["environment"] = environment()
-    write_json(args.out, results)
+    write_json(output_path(args, "reproduce_small_probe_length.json"), results)
     return results
 
 

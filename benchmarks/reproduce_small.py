@@ -2,7 +2,7 @@
 
     python benchmarks/reproduce_small.py                 # ~30 min on a 2-core CPU, minutes on a GPU
 
-At matched total steps S (the paper's 1/3 teacher + 2/3 student split, SPEC §5):
+At matched total steps S (the paper's 1/3 teacher + 2/3 student split, its Figure 2):
 
 - (a) a random-init encoder (no training),
 - (b) the Stage-1 V-Pixel teacher, trained S/3 steps,
@@ -12,7 +12,8 @@ At matched total steps S (the paper's 1/3 teacher + 2/3 student split, SPEC §5)
 each probed with the fast protocol (frozen encoder, attentive probe) on a temporal task
 (motion direction: no single frame tells it) and two appearance tasks (shape, colour), plus the
 RankMe of each encoder and the loss-vs-accuracy R^2 across (c)'s checkpoints. Writes
-``benchmarks/results/reproduce_small.json`` and prints the README table.
+``benchmarks/results/local/reproduce_small.json`` and the loss-vs-accuracy plot beside it
+(untracked; ``--refresh``: the committed ``benchmarks/results/``) and prints the README table.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, environment, write_json  # noqa: E402
+from common import ROOT, HelpFormatter, add_output_args, environment, output_path, write_json  # noqa: E402
 
 from salt_fast.config import load_config  # noqa: E402
 from salt_fast.data import VideoList, make_synthetic_dataset  # noqa: E402
@@ -96,7 +97,7 @@ def load_encoders(workdir: Path, seed: int) -> dict[str, torch.nn.Module]:
 
 
 def probe_config(frames: int, resolution: int, epochs: int, num_workers: int, seed: int) -> ProbeConfig:
-    """SPEC §7 fast protocol (1 clip, 1 view, lr 1e-3, wd 0.01), scaled to the tiny clips and
+    """The fast probe protocol (1 clip, 1 view, lr 1e-3, wd 0.01), scaled to the tiny clips and
     dataset (batch 32: the training split holds only 240 videos)."""
     return ProbeConfig.protocol(
         "fast", frames=frames, resolution=resolution, epochs=epochs, batch_size=32, num_workers=num_workers, seed=seed
@@ -123,26 +124,33 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--steps", type=int, default=600, help="matched total pretraining steps S")
     parser.add_argument("--depth", type=int, default=4, help="vit_tiny depth of every encoder")
     parser.add_argument("--videos", type=int, default=320, help="synthetic videos (1/4 held out for probe validation)")
     parser.add_argument(
         "--background", default="plain",
-        help="plain (default; the Stage-1 pixel loss can learn) or random (textured: per-patch normalised texture is noise at this scale)",
+        help="synthetic background: plain (the Stage-1 pixel loss can learn) or random (textured: per-patch normalised "
+        "texture is noise at this scale)",
     )  # fmt: skip
-    parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--resolution", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--num-workers", type=int, default=1)
+    parser.add_argument("--frames", type=int, default=8, help="frames per clip (pretraining and probes)")
+    parser.add_argument("--resolution", type=int, default=64, help="clip side in pixels (pretraining and probes)")
+    parser.add_argument("--batch-size", type=int, default=8, help="pretraining batch size")
+    parser.add_argument("--num-workers", type=int, default=1, help="data-loading worker processes")
     parser.add_argument("--checkpoints", type=int, default=6, help="checkpoints of (c) for the loss-vs-accuracy fit")
-    parser.add_argument("--probe-epochs", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "reproduce_small")
-    parser.add_argument("--out", type=Path, default=RESULTS / "reproduce_small.json")
+    parser.add_argument("--probe-epochs", type=int, default=20, help="probe training epochs")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data, the runs, the random encoder and the probes")
+    parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "reproduce_small",
+                        help="where the synthetic videos and the runs go")  # fmt: skip
+    add_output_args(parser, "reproduce_small.json", "results JSON (the plot goes beside it)")
     parser.add_argument("--progress", action="store_true", help="progress bars")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    args.out = out = output_path(args, "reproduce_small.json")  # the setup below records where it went
 
     start = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -176,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     fit = loss_vs_accuracy(
         args.workdir / "salt", data / "motion_train.txt", data / "motion_val.txt", probe_cfg, device,
-        plot=args.out.with_name("reproduce_small_loss_vs_accuracy.png"), show_progress=args.progress,
+        plot=out.with_name("reproduce_small_loss_vs_accuracy.png"), show_progress=args.progress,
     )  # fmt: skip
     results["loss_vs_accuracy"] = fit
     results["setup"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
@@ -188,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["chance_top1"][task] = 100.0 * max(labels.count(c) for c in set(labels)) / len(labels)
     results["time_s"] = time.perf_counter() - start
     results["environment"] = environment()
-    write_json(args.out, results)
+    write_json(out, results)
     print(table(results))
     print(f"total {results['time_s'] / 60:.1f} min")
     return results

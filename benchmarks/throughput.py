@@ -6,10 +6,10 @@
     python benchmarks/throughput.py --model vit_tiny --teacher vit_tiny --depth 1 --batch-size 2 \
         --frames 4 --resolution 32 --steps 2          # CPU: checks the script, no claims
 
-The models, optimizer and step are the training script's (``salt_fast.train``): the config is
-built with ``load_config`` from the flags, the models with ``build_models`` (a ``salt`` teacher
-is a random-weight export of the teacher preset: same shapes, same cost), then ``wrap``
-(activation checkpointing, torch.compile). One step = [teacher forward, no grad] -> the
+The models, optimizer and step are the training loop's (``salt_fast.runtime``): the config is
+built with ``load_config`` from the flags, the models, wrap (activation checkpointing,
+torch.compile) and optimizer with ``build_run`` (a ``salt`` teacher keeps its random init: same
+shapes, same cost), and each step is ``train_step``. One step = [teacher forward, no grad] -> the
 stage's loss for every mask configuration -> backward -> global-norm clip -> AdamW ->
 [vjepa: EMA update], bf16 autocast on GPU, fp32 on CPU. Data loading is excluded, as in the
 paper: the clips are random tensors already on the device and every step's masks are
@@ -20,9 +20,9 @@ FLOPs of each step (``salt_fast.flops.step_flops`` with that step's real masks),
 TFLOP/s, MFU against the datasheet dense bf16 peak and against a measured bf16 matmul
 ceiling (8192^3, GPU only), and peak memory.
 
-Projected GPU-hours of the paper's run of this stage (global batch 3072; 80k steps for
-``pixel``, 160k for ``salt``, 240k for ``vjepa``; the salt teacher's own Stage-1 run is a
-separate ``--stage pixel`` measurement):
+Projected GPU-hours of the paper's run of this stage (global batch 3072; the stage's
+``paper_steps``: 80k for ``pixel``, 160k for ``salt``, 240k for ``vjepa``; the salt teacher's
+own Stage-1 run is a separate ``--stage pixel`` measurement):
 
     gpu_hours = paper_steps * 3072 / (clips/s per GPU) / 3600
 
@@ -34,56 +34,53 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import statistics
 import sys
-import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment, write_json  # noqa: E402
+from common import HelpFormatter, add_output_args, environment, output_path, write_json  # noqa: E402
 
-from salt_fast import checkpoint as ckpt  # noqa: E402
 from salt_fast.config import load_config  # noqa: E402
 from salt_fast.flops import peak_flops, step_flops  # noqa: E402
-from salt_fast.masking import MaskSampler  # noqa: E402
-from salt_fast.optim import build_optimizer  # noqa: E402
-from salt_fast.train import MASK_CONFIGS, Runtime, build_models, encoder_from, masks_to, train_step, wrap  # noqa: E402
+from salt_fast.kernels import KERNEL_CHOICES  # noqa: E402
+from salt_fast.masking import MASK_SETS, MaskSampler  # noqa: E402
+from salt_fast.models.vit import ATTENTION_BACKENDS  # noqa: E402
+from salt_fast.runtime import build_run, masks_to, setup_runtime, train_step  # noqa: E402
+from salt_fast.stages import STAGES  # noqa: E402
 
 PAPER_BATCH = 3072
-PAPER_STEPS = {"pixel": 80_000, "salt": 160_000, "vjepa": 240_000}
 MATMUL_N = 8192
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--model", default="vit_l", help="encoder / student preset")
     p.add_argument("--teacher", default="vit_l", help="teacher preset (salt)")
-    p.add_argument("--stage", default="salt", choices=("pixel", "salt", "vjepa"))
+    p.add_argument("--stage", default="salt", choices=tuple(STAGES), help="training stage whose step is timed")
     p.add_argument("--batch-size", type=int, default=24, help="clips per GPU per step")
     p.add_argument("--steps", type=int, default=20, help="timed steps")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3 on GPU, 1 on CPU)")
-    p.add_argument("--resolution", type=int, default=224)
-    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 3 on GPU, 1 on CPU)")
+    p.add_argument("--resolution", type=int, default=224, help="clip side in pixels")
+    p.add_argument("--frames", type=int, default=16, help="frames per clip")
     p.add_argument("--compile", action="store_true", help="runtime.compile=true")
-    p.add_argument("--kernels", default="auto", choices=("auto", "triton", "reference"))
-    p.add_argument("--attention", default="sdpa", choices=("sdpa", "flash_attn", "xformers"))
+    p.add_argument("--kernels", default="auto", choices=KERNEL_CHOICES, help="runtime.kernels: Triton kernels or the PyTorch references")
+    p.add_argument("--attention", default="sdpa", choices=ATTENTION_BACKENDS, help="attention backend")
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
-    p.add_argument("--masking", default="multi_block", choices=tuple(MASK_CONFIGS))
-    p.add_argument("--depth", type=int, default=None, help="override encoder, teacher and predictor depth: CPU smoke runs")
+    p.add_argument("--masking", default="multi_block", choices=tuple(MASK_SETS), help="mask configurations per step")
+    p.add_argument("--depth", type=int, default=None, help="override encoder, teacher and predictor depth: CPU smoke runs (default: the presets')")
     p.add_argument("--compare", action="store_true", help="also run --kernels reference --attention sdpa")
-    p.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/throughput_...)")
+    add_output_args(p, "throughput_<device>_<stage>_<model>.json")
     args = p.parse_args(argv)
     if args.steps < 1 or args.batch_size < 1:
         p.error("--steps and --batch-size must be >= 1")
     return args
 
 
-def make_config(args: argparse.Namespace, kernels: str, attention: str, teacher_path: str | None):
+def make_config(args: argparse.Namespace, kernels: str, attention: str):
     overrides = [
         f"stage={args.stage}",
         f"model.encoder={args.model}",
@@ -100,8 +97,6 @@ def make_config(args: argparse.Namespace, kernels: str, attention: str, teacher_
     if args.depth is not None:
         overrides += [f"model.encoder_overrides.depth={args.depth}", f"model.teacher_overrides.depth={args.depth}",
                       f"model.predictor_overrides.depth={args.depth}"]
-    if teacher_path is not None:
-        overrides.append(f"model.teacher_checkpoint={teacher_path}")
     return load_config(None, overrides)
 
 
@@ -133,31 +128,16 @@ def matmul_ceiling(device: torch.device, n: int = MATMUL_N, reps: int = 20) -> f
 
 def run_config(args: argparse.Namespace, kernels: str, attention: str, device: torch.device) -> dict:
     """Build the models as training does, run warm-up + timed steps; return the numbers."""
-    bf16 = device.type == "cuda"
-    rt = Runtime(0, 1, device, bf16, (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else nullcontext)
-    with tempfile.TemporaryDirectory() as tmp:
-        teacher_path = None
-        if args.stage == "salt":  # random weights: the cost of a Stage-1 teacher, not its quality
-            plain = make_config(args, kernels, attention, None)
-            teacher_path = str(Path(tmp) / "teacher.safetensors")
-            torch.manual_seed(1)
-            ckpt.export_encoder(encoder_from(plain, plain.model.teacher, plain.model.teacher_overrides), teacher_path)
-        cfg = make_config(args, kernels, attention, teacher_path)
-        os.environ["SALT_FAST_KERNELS"] = cfg.runtime.kernels
-        torch.manual_seed(0)
-        learner, teacher = build_models(cfg, num_masks=len(MASK_CONFIGS[cfg.masking.configs]))
-    learner.to(device)
-    if teacher is not None:  # as train.py: a frozen salt teacher in bf16, the EMA teacher fp32
-        teacher.to(device, dtype=torch.bfloat16 if bf16 and cfg.stage == "salt" else None)
-    model = wrap(learner, cfg, rt)
-    o = cfg.optim
-    optimizer = build_optimizer([learner], betas=tuple(o.betas), lr=o.lr_start)
+    cfg = make_config(args, kernels, attention)
+    rt = setup_runtime(cfg.runtime)  # this device; bf16 autocast on a GPU; the kernels switch
+    # A salt teacher keeps its random init: the cost of a Stage-1 teacher, not its quality.
+    run = build_run(cfg, rt, load_teacher=False)
+    learner, teacher = run.learner, run.teacher
 
     B, res, frames = args.batch_size, args.resolution, args.frames
     clip_shape = (B, learner.encoder.cfg.in_chans, frames, res, res)
-    grid = learner.encoder.token_grid(clip_shape)
-    n_all = grid[0] * grid[1] * grid[2]
-    sampler = MaskSampler(grid, MASK_CONFIGS[cfg.masking.configs], seed=0, truncation=cfg.masking.truncation)
+    grid, n_all = run.grid, run.tokens_per_clip
+    sampler = MaskSampler(grid, MASK_SETS[cfg.masking.configs], seed=0, truncation=cfg.masking.truncation)
     warmup = args.warmup if args.warmup is not None else (3 if device.type == "cuda" else 1)
     total = warmup + args.steps
     # Every step's masks sampled and on the device before anything is timed (data loading excluded).
@@ -167,7 +147,7 @@ def run_config(args: argparse.Namespace, kernels: str, attention: str, device: t
     clips = torch.randn(clip_shape, device=device)
 
     def step_fn(step: int) -> None:  # exactly the training loop's step
-        train_step(cfg, rt, model, learner, teacher, optimizer, clips, all_masks[step], grid, step)
+        train_step(run, clips, all_masks[step], step)
 
     t_warm = time.perf_counter()
     for step in range(warmup):
@@ -197,7 +177,7 @@ def run_config(args: argparse.Namespace, kernels: str, attention: str, device: t
     clips_per_s = B * args.steps / seconds
     achieved = sum(flops) / seconds
     peak_mem = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    paper_steps = PAPER_STEPS[args.stage]
+    paper_steps = STAGES[args.stage].paper_steps
     result = {
         "kernels": kernels,
         "attention": attention,
@@ -248,7 +228,7 @@ def fmt(value, spec: str) -> str:
 
 
 def print_table(args: argparse.Namespace, runs: list[dict]) -> None:
-    print(f"\n{args.stage} | {args.model}" + (f" (teacher {args.teacher})" if args.stage == "salt" else "")
+    print(f"\n{args.stage} | {args.model}" + (f" (teacher {args.teacher})" if STAGES[args.stage].loads_teacher else "")
           + f" | batch {args.batch_size} x {args.frames}f x {args.resolution}px | {args.steps} timed steps"
           + (" | compile" if args.compile else "") + (" | act. ckpt" if args.checkpointing else ""))  # fmt: skip
     head = f"{'kernels':>9} {'attention':>10} {'clips/s':>9} {'med ms':>9} {'GFLOP/step':>11} {'TFLOP/s':>8} " \
@@ -286,7 +266,8 @@ def main(argv: list[str] | None = None) -> dict:
         "peak_bf16_datasheet_flops": datasheet,
         "matmul_ceiling_flops": ceiling,
         "matmul_ceiling_shape": [MATMUL_N] * 3 if ceiling else None,
-        "gpu_hours_formula": "paper_steps * 3072 / clips_per_s / 3600 (paper_steps: pixel 80k, salt 160k, vjepa 240k)",
+        "gpu_hours_formula": "paper_steps * 3072 / clips_per_s / 3600 (paper_steps: "
+        + ", ".join(f"{name} {stage.paper_steps // 1000}k" for name, stage in STAGES.items()) + ")",
         "result": runs[0],
     }
     if args.compare:
@@ -297,7 +278,7 @@ def main(argv: list[str] | None = None) -> dict:
         record["note"] = "CPU run: checks the script, not a throughput claim"
         print("note: CPU numbers are for checking the script, not for claims")
     slug = "cpu" if device.type != "cuda" else torch.cuda.get_device_name(device).replace(" ", "_")
-    write_json(args.out or RESULTS / f"throughput_{slug}_{args.stage}_{args.model}.json", record)
+    write_json(output_path(args, f"throughput_{slug}_{args.stage}_{args.model}.json"), record)
     return record
 
 

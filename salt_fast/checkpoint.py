@@ -10,8 +10,10 @@ the serialized state), and ``load_checkpoint`` verifies length and digest before
 A checksum (rather than "re-load after writing") is used because it also catches corruption
 that happens *after* the save (bit rot, partial copies, a truncating rsync), and because torch's
 zip reader does not verify per-record CRCs, so flipped bytes inside tensor data would otherwise
-load silently. Read these files with ``load_checkpoint`` (payload is unpickled with
-``weights_only=False``: only load checkpoints you trust).
+load silently. Read these files with ``load_checkpoint``: the payload is unpickled with
+``torch.load(weights_only=True)``, which rebuilds tensors and plain containers only and
+never runs code; a file holding anything else is refused (:class:`UnsafeCheckpointError`),
+so a checkpoint from someone else cannot execute code when it is loaded.
 
 Every final file is produced by: write to a temp file in the same directory, flush, fsync,
 ``os.replace`` onto the final name, fsync the directory. Old checkpoints are pruned only after
@@ -24,6 +26,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import random
 import re
 import struct
@@ -31,9 +34,22 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from salt_fast.models import VisionTransformer
+
+if TYPE_CHECKING:
+    from salt_fast.runtime import Run
 
 try:  # numpy is optional for the RNG helpers
     import numpy as _np
@@ -43,16 +59,25 @@ except ImportError:  # pragma: no cover
 __all__ = [
     "CheckpointError",
     "CheckpointWarning",
+    "NonFiniteState",
+    "UnsafeCheckpointError",
+    "architecture",
+    "check_encoder_weights",
     "checkpoint_step",
     "export_encoder",
+    "export_run_encoder",
     "is_checkpoint_file",
     "list_checkpoints",
     "load_checkpoint",
     "load_encoder_weights",
     "load_latest",
     "read_export_metadata",
+    "remove_partial_files",
+    "restore_training_state",
+    "resume_hint",
     "rng_state",
     "save_checkpoint",
+    "save_training_state",
     "set_rng_state",
 ]
 
@@ -68,8 +93,31 @@ class CheckpointError(RuntimeError):
     """A checkpoint / export file is corrupt, unreadable, or does not match the target."""
 
 
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint holds objects other than tensors and plain data; it is refused, never unpickled."""
+
+
+class NonFiniteState(CheckpointError):
+    """A run's model state holds NaN or infinite values: it is not written."""
+
+
 class CheckpointWarning(UserWarning):
     """A corrupt checkpoint was skipped in favour of an older one."""
+
+
+def _legacy_numpy_globals() -> list:
+    """What RNG states written before they became plain data need: NumPy's MT19937 key was an
+    ndarray. These types rebuild an array from bytes and nothing else, so such files stay loadable."""
+    if _np is None:
+        return []
+    try:
+        from numpy._core.multiarray import _reconstruct  # NumPy 2
+    except ImportError:  # pragma: no cover - NumPy 1
+        from numpy.core.multiarray import _reconstruct
+    return [_reconstruct, _np.ndarray, _np.dtype, type(_np.dtype(_np.uint32))]
+
+
+_LEGACY_GLOBALS = _legacy_numpy_globals()
 
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -242,7 +290,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     """Load and verify one checkpoint written by ``save_checkpoint``.
 
     Raises FileNotFoundError if ``path`` does not exist, CheckpointError if it is corrupt or
-    cannot be unpickled.
+    cannot be read, UnsafeCheckpointError if it holds anything but tensors and plain data.
     """
     path = Path(path)
     if not path.is_file():
@@ -257,21 +305,33 @@ def load_checkpoint(path, map_location="cpu") -> dict:
             f"{path}: file name says step {expected_step}, record says {record.get('step')}"
         )
     try:
-        # weights_only=False: the state holds arbitrary python objects (RNG states, sampler state...).
-        return torch.load(
-            io.BytesIO(payload), map_location=map_location, weights_only=False
-        )
+        with torch.serialization.safe_globals(_LEGACY_GLOBALS):
+            return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        try:
+            found = torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(payload))
+        except Exception:  # noqa: BLE001 - only used to name what was refused
+            found = []
+        what = ", ".join(g for g in found if g not in {_global_name(o) for o in _LEGACY_GLOBALS}) or str(e).splitlines()[0]
+        raise UnsafeCheckpointError(
+            f"{path}: refused to load: it holds objects other than tensors and plain data ({what}); "
+            "salt_fast reads checkpoints with torch.load(weights_only=True) and never runs code from a file"
+        ) from None
     except Exception as e:
-        raise CheckpointError(
-            f"{path}: torch.load failed ({type(e).__name__}: {e})"
-        ) from e
+        raise CheckpointError(f"{path}: torch.load failed ({type(e).__name__}: {e})") from e
+
+
+def _global_name(obj) -> str:
+    return f"{obj.__module__}.{obj.__qualname__}"
 
 
 def load_latest(directory, map_location="cpu") -> tuple[Path, dict] | None:
     """Load the newest readable checkpoint in ``directory``.
 
     Corrupt/unreadable ones are skipped with one CheckpointWarning each. Returns None when the
-    directory holds no checkpoint; raises CheckpointError if all of them are corrupt.
+    directory holds no checkpoint; raises CheckpointError if all of them are corrupt. An unsafe
+    one (objects other than tensors and plain data) is not skipped: it stops the search, as
+    someone other than salt_fast wrote it.
     """
     failures = []
     for path in list_checkpoints(directory):
@@ -279,6 +339,8 @@ def load_latest(directory, map_location="cpu") -> tuple[Path, dict] | None:
             return path, load_checkpoint(path, map_location=map_location)
         except FileNotFoundError as e:  # deleted between listing and loading
             failures.append((path, str(e)))
+        except UnsafeCheckpointError:
+            raise
         except CheckpointError as e:
             failures.append((path, str(e)))
             warnings.warn(
@@ -298,10 +360,13 @@ def load_latest(directory, map_location="cpu") -> tuple[Path, dict] | None:
 
 
 def rng_state() -> dict:
-    """Snapshot of python ``random``, numpy's global RNG, torch CPU and every CUDA generator."""
+    """Snapshot of python ``random``, numpy's global RNG, torch CPU and every CUDA generator,
+    as tensors and plain data (so ``torch.load(weights_only=True)`` reads it)."""
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if _np is not None:
-        state["numpy"] = _np.random.get_state()
+        _, keys, pos, has_gauss, cached = _np.random.get_state()
+        state["numpy"] = {"keys": torch.from_numpy(keys.astype(_np.int64)), "pos": int(pos),
+                          "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}  # fmt: skip
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -319,7 +384,11 @@ def set_rng_state(state: dict) -> None:
                 "numpy RNG state present but numpy is not installed; not restored",
                 stacklevel=2,
             )
-        else:
+        elif isinstance(state["numpy"], dict):
+            n = state["numpy"]
+            keys = torch.as_tensor(n["keys"]).numpy().astype(_np.uint32)
+            _np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+        else:  # written before the state became plain data: NumPy's own tuple
             _np.random.set_state(state["numpy"])
     if "torch" in state:
         torch.set_rng_state(torch.as_tensor(state["torch"]).cpu().to(torch.uint8))
@@ -415,6 +484,41 @@ def read_export_metadata(path) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
+def _check_export(f, path: Path, encoder: torch.nn.Module, strict: bool) -> list[str]:
+    """The keys of the open export ``f`` after checking them against ``encoder`` (shapes only)."""
+    target = encoder.state_dict()
+    try:
+        keys = list(f.keys())
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in keys}
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot read tensor headers ({e})") from e
+    missing = sorted(set(target) - set(keys))
+    unexpected = sorted(set(keys) - set(target))
+    mismatched = [
+        f"{k}: file {shapes[k]} vs module {tuple(target[k].shape)}"
+        for k in sorted(set(keys) & set(target))
+        if shapes[k] != tuple(target[k].shape)
+    ]
+    problems = []
+    if strict and missing:
+        problems.append(f"missing keys: {missing}")
+    if strict and unexpected:
+        problems.append(f"unexpected keys: {unexpected}")
+    if mismatched:
+        problems.append("shape mismatches: " + "; ".join(mismatched))
+    if problems:
+        raise CheckpointError(f"{path} does not match {type(encoder).__name__}: " + " | ".join(problems))
+    return keys
+
+
+def check_encoder_weights(encoder: torch.nn.Module, path, strict: bool = True) -> None:
+    """Check an ``export_encoder`` file against ``encoder`` from its headers alone (no tensor data
+    is read, and ``encoder`` may live on the meta device); raises like :func:`load_encoder_weights`."""
+    path = Path(path)
+    with _open_export(path) as f:
+        _check_export(f, path, encoder, strict)
+
+
 def load_encoder_weights(encoder: torch.nn.Module, path, strict: bool = True):
     """Load an ``export_encoder`` file into ``encoder``.
 
@@ -423,34 +527,136 @@ def load_encoder_weights(encoder: torch.nn.Module, path, strict: bool = True):
     ``encoder.load_state_dict``.
     """
     path = Path(path)
-    target = encoder.state_dict()
     with _open_export(path) as f:
-        try:
-            keys = list(f.keys())
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in keys}
-        except Exception as e:
-            raise CheckpointError(f"{path}: cannot read tensor headers ({e})") from e
-        missing = sorted(set(target) - set(keys))
-        unexpected = sorted(set(keys) - set(target))
-        mismatched = [
-            f"{k}: file {shapes[k]} vs module {tuple(target[k].shape)}"
-            for k in sorted(set(keys) & set(target))
-            if shapes[k] != tuple(target[k].shape)
-        ]
-        problems = []
-        if strict and missing:
-            problems.append(f"missing keys: {missing}")
-        if strict and unexpected:
-            problems.append(f"unexpected keys: {unexpected}")
-        if mismatched:
-            problems.append("shape mismatches: " + "; ".join(mismatched))
-        if problems:
-            raise CheckpointError(
-                f"{path} does not match {type(encoder).__name__}: "
-                + " | ".join(problems)
-            )
+        keys = _check_export(f, path, encoder, strict)
+        target = encoder.state_dict()
         try:
             tensors = {k: f.get_tensor(k) for k in keys if k in target}
         except Exception as e:
             raise CheckpointError(f"{path}: cannot read tensor data ({e})") from e
     return encoder.load_state_dict(tensors, strict=strict)
+
+
+def remove_partial_files(directory) -> list[Path]:
+    """Delete the temporary files that a write killed midway left in ``directory`` (only
+    ``.tmp-*.partial``, the names :func:`_atomic_write` uses); returns what was removed.
+    Call it only while no other process writes there (a run holds its output_dir's lock)."""
+    directory = Path(directory)
+    removed = []
+    for p in directory.glob(f"{_TMP_PREFIX}*.partial") if directory.is_dir() else ():
+        try:
+            p.unlink()
+            removed.append(p)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+# ----------------------------------------------------------------------------- a run's training state
+
+
+def architecture(config: dict) -> dict:
+    """The parts of a run's config (as a dict) that decide what its checkpoint's weights are."""
+    model = config.get("model", {})
+    keys = ("encoder", "encoder_overrides", "teacher", "teacher_overrides", "predictor_overrides", "rope_mode")
+    return {"stage": config.get("stage"), "masking": config.get("masking", {}).get("configs"), **{k: model.get(k) for k in keys}}
+
+
+def _full_state() -> StateDictOptions:
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)  # unsharded, gathered on the CPU
+
+
+def resume_hint(output_dir) -> str:
+    """Which checkpoint a resume of the run in ``output_dir`` would continue from, as a sentence."""
+    found = list_checkpoints(Path(output_dir) / "checkpoints")
+    if not found:
+        return "No checkpoint was written yet: a rerun starts from step 0."
+    return f"A resume continues from {found[0]}, the last good state."
+
+
+def _state_is_finite(run: Run) -> bool:
+    """Every parameter of the learner and the teacher is finite, on every process (one host sync)."""
+    modules = [run.learner] + ([run.teacher] if run.teacher is not None else [])
+    local = [p.to_local() if hasattr(p, "to_local") else p for m in modules for p in m.parameters()]
+    finite = torch.stack([torch.isfinite(p).all() for p in local]).all().to(torch.int32)
+    if run.rt.world_size > 1:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite)
+
+
+def save_training_state(run: Run, step: int) -> None:
+    """Checkpoint ``run`` after ``step`` steps into ``output_dir/checkpoints`` (collective: every
+    rank calls it; rank 0 writes). Holds the learner and optimizer as full (unsharded) state dicts,
+    every rank's RNG state, the config, and what the stage adds (the V-JEPA EMA teacher).
+
+    Raises NonFiniteState, writing nothing, when a parameter is NaN or infinite: a checkpoint is
+    only ever a good state, and older ones are pruned only after a newer one is on disk.
+    """
+    rt, cfg = run.rt, run.cfg
+    if not _state_is_finite(run):
+        raise NonFiniteState(
+            f"the model state after step {step} is not finite; it was not saved. {resume_hint(cfg.output_dir)}"
+        )
+    state = {
+        "step": step,
+        "model": get_model_state_dict(run.learner, options=_full_state()),
+        "optimizer": get_optimizer_state_dict(run.learner, run.optimizer, options=_full_state()),
+        "rng": rng_state(),
+        "config": cfg.to_dict(),
+        **run.stage.checkpoint_extras(run.teacher),
+    }
+    if rt.world_size > 1:  # every rank's RNG, so a resume continues each one
+        gathered = [None] * rt.world_size
+        dist.all_gather_object(gathered, state["rng"])
+        state["rng"] = gathered
+    if rt.rank == 0:
+        save_checkpoint(Path(cfg.output_dir) / "checkpoints", step, state, keep=cfg.checkpoint.keep)
+    if rt.world_size > 1:
+        dist.barrier()
+
+
+def restore_training_state(run: Run) -> int:
+    """Resume ``run`` as ``checkpoint.resume`` says (auto: the newest valid checkpoint of its
+    output_dir, if any; never; or a path). Restores the learner, optimizer, the stage's extras
+    and this rank's RNG state; returns the step to continue from (0 for a fresh run). First
+    removes the temporary files of checkpoint or export writes that a kill interrupted.
+
+    Raises ValueError when the checkpoint was written by a run with another stage or model.
+    """
+    resume, directory = run.cfg.checkpoint.resume, Path(run.cfg.output_dir) / "checkpoints"
+    if run.rt.rank == 0:  # debris of writes a kill interrupted; the run holds its output_dir's lock
+        for folder in (directory, directory.parent):
+            remove_partial_files(folder)
+    if resume == "never":
+        return 0
+    found = load_latest(directory) if resume == "auto" else (Path(resume), load_checkpoint(resume))
+    if found is None:
+        return 0
+    path, state = found
+    saved = architecture(state.get("config", {}))
+    if saved != architecture(run.cfg.to_dict()):
+        raise ValueError(
+            f"{path} was written by a run with another stage or model ({saved}); "
+            f"use a fresh output_dir or checkpoint.resume=never"
+        )
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(run.learner, state["model"], options=options)
+    set_optimizer_state_dict(run.learner, run.optimizer, state["optimizer"], options=options)
+    run.stage.restore_extras(run.teacher, state)
+    set_rng_state(state["rng"][run.rt.rank] if isinstance(state["rng"], list) else state["rng"])
+    if run.rt.rank == 0:
+        print(f"resumed from {path} at step {state['step']}")
+    return state["step"]
+
+
+def export_run_encoder(run: Run, path) -> Path | None:
+    """Write the run's trained encoder alone to ``path`` (safetensors; the next stage's teacher),
+    with the metadata that rebuilds it. Collective; rank 0 writes and gets the path, others None."""
+    weights = get_model_state_dict(run.learner, options=_full_state())
+    if run.rt.rank != 0:
+        return None
+    m = run.cfg.model
+    encoder = VisionTransformer(m.encoder_vit())  # plain, unsharded
+    encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in weights.items() if k.startswith("encoder.")})
+    meta = {"preset": m.encoder, "overrides": m.encoder_overrides, "rope_mode": m.rope_mode, "stage": run.stage.name}
+    return export_encoder(encoder, path, metadata=meta)

@@ -1,12 +1,14 @@
 """Typed training configuration: paper defaults, YAML files and dotted command-line overrides.
 
-``load_config(path, overrides)`` starts from the defaults below (SPEC §5, paper Table 5),
+``load_config(path, overrides)`` starts from the defaults below (the paper's Table 5),
 applies a YAML file (a nested mapping matching the dataclasses) and then overrides such as
 ``optim.steps=100``, ``model.encoder_overrides.depth=2`` or ``data.train_lists=[a.txt,b.txt]``
 (values are parsed as YAML). Unknown keys, wrong types, bad choices and out-of-range values
 raise :class:`ConfigError` naming the full dotted key. ``save_config`` writes the resolved
 config so that ``load_config(saved)`` reproduces it exactly; ``describe_config`` renders the
-table of keys, defaults and meanings.
+table of keys, defaults and meanings. A key with a closed set of values reads that set from the
+module that owns it (``salt_fast.stages.STAGES``, ``salt_fast.masking.MASK_SETS`` ...), so a new
+stage, mask set or attention backend needs no edit here.
 
 Run ``python -m salt_fast.config [FILE] [KEY=VALUE ...]`` to print a resolved config, or
 ``python -m salt_fast.config --describe`` for the table.
@@ -20,13 +22,22 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional, Union
 
 import yaml
 
+from salt_fast.checkpoint import CheckpointError
+from salt_fast.data import DECODERS, VideoList
+from salt_fast.kernels import KERNEL_CHOICES
+from salt_fast.kernels.rope3d import MODES as ROPE_MODES
+from salt_fast.masking import MASK_SETS, TRUNCATION_POLICIES
 from salt_fast.models import ENCODER_PRESETS, PREDICTOR_CONFIG, ViTConfig
+from salt_fast.models.vit import ATTENTION_BACKENDS
+from salt_fast.runtime import DISTRIBUTED, PRECISIONS
+from salt_fast.stages import STAGES
 
 __all__ = [
     "CheckpointConfig",
@@ -38,13 +49,11 @@ __all__ = [
     "OptimConfig",
     "RuntimeConfig",
     "TrainConfig",
-    "config_to_dict",
+    "check_run_inputs",
+    "config_from_dict",
     "describe_config",
-    "encoder_vit_config",
     "load_config",
-    "predictor_vit_config",
     "save_config",
-    "teacher_vit_config",
 ]
 
 
@@ -52,9 +61,10 @@ class ConfigError(ValueError):
     """A config key is unknown, has the wrong type, or holds a value that is not allowed."""
 
 
-def _f(default: Any = dataclasses.MISSING, *, help: str, choices: Sequence[str] = (), factory: Any = None):
-    """A dataclass field carrying its one-line meaning (and allowed values) as metadata."""
-    metadata = {"help": help, "choices": tuple(choices)}
+def _f(default: Any = dataclasses.MISSING, *, help: str, choices: Collection[str] = (), factory: Any = None):
+    """A dataclass field carrying its one-line meaning and allowed values as metadata. ``choices``
+    is kept as given (a registry such as ``STAGES`` stays live: a stage registered later is valid)."""
+    metadata = {"help": help, "choices": choices}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -70,10 +80,21 @@ class ModelConfig:
     predictor_overrides: dict = _f(
         factory=dict, help="fields of salt_fast.models.PREDICTOR_CONFIG (embed_dim 384, depth 12, heads 16)"
     )
-    rope_mode: str = _f("standard", help="3D RoPE convention: standard | vjepa2", choices=("standard", "vjepa2"))
-    attn_backend: str = _f(
-        "sdpa", help="attention backend: sdpa | flash_attn | xformers", choices=("sdpa", "flash_attn", "xformers")
-    )
+    rope_mode: str = _f("standard", help="3D RoPE convention of every model", choices=ROPE_MODES)
+    attn_backend: str = _f("sdpa", help="attention backend (how attention runs; not part of the weights)",
+                           choices=ATTENTION_BACKENDS)  # fmt: skip
+
+    def encoder_vit(self) -> ViTConfig:
+        """The stage-1 encoder / stage-2 student shape: preset + overrides + ``rope_mode``."""
+        return _vit("model.encoder_overrides", _preset("model.encoder", self.encoder), self.encoder_overrides, self)
+
+    def teacher_vit(self) -> ViTConfig:
+        """The stage-2 teacher shape (stage ``salt``; ``vjepa``'s EMA teacher has the student's shape)."""
+        return _vit("model.teacher_overrides", _preset("model.teacher", self.teacher), self.teacher_overrides, self)
+
+    def predictor_vit(self) -> ViTConfig:
+        """The predictor / pixel-decoder body: ``PREDICTOR_CONFIG`` + ``predictor_overrides`` + ``rope_mode``."""
+        return _vit("model.predictor_overrides", PREDICTOR_CONFIG, self.predictor_overrides, self)
 
 
 @dataclass
@@ -90,19 +111,13 @@ class DataConfig:
     batch_size: int = _f(24, help="clips per process per step")
     num_workers: int = _f(8, help="data loader worker processes")
     max_bad_fraction: float = _f(0.5, help="fail a batch when more than this fraction of its decodes fail")
-    decoder: str = _f("cpu", help="video decoder: cpu | dali", choices=("cpu", "dali"))
+    decoder: str = _f("cpu", help="video decoder", choices=DECODERS)
 
 
 @dataclass
 class MaskingConfig:
-    configs: str = _f(
-        "multi_block",
-        help="mask configurations: multi_block | random_tube | multi_random_tube",
-        choices=("multi_block", "random_tube", "multi_random_tube"),
-    )
-    truncation: str = _f(
-        "min", help="ragged id lists to a batch: min (V-JEPA 2) | random | pad", choices=("min", "random", "pad")
-    )
+    configs: str = _f("multi_block", help="mask configurations (salt_fast.masking.MASK_SETS)", choices=MASK_SETS)
+    truncation: str = _f("min", help="ragged id lists to a batch (min is V-JEPA 2's)", choices=TRUNCATION_POLICIES)
 
 
 @dataclass
@@ -121,17 +136,11 @@ class OptimConfig:
 
 @dataclass
 class RuntimeConfig:
-    precision: str = _f(
-        "auto",
-        help="auto (bf16 autocast on GPU, fp32 on CPU) | bf16 | fp32",
-        choices=("auto", "bf16", "fp32"),
-    )
+    precision: str = _f("auto", help="auto is bf16 autocast on GPU, fp32 on CPU", choices=PRECISIONS)
     compile: bool = _f(False, help="torch.compile the models")
     activation_checkpointing: bool = _f(False, help="recompute transformer blocks in the backward pass")
-    distributed: str = _f("ddp", help="data parallelism: ddp | fsdp", choices=("ddp", "fsdp"))
-    kernels: str = _f(
-        "auto", help="auto | triton | reference (sets SALT_FAST_KERNELS)", choices=("auto", "triton", "reference")
-    )
+    distributed: str = _f("ddp", help="data parallelism", choices=DISTRIBUTED)
+    kernels: str = _f("auto", help="kernel implementation (sets SALT_FAST_KERNELS)", choices=KERNEL_CHOICES)
 
 
 @dataclass
@@ -150,11 +159,7 @@ class LogConfig:
 
 @dataclass
 class TrainConfig:
-    stage: str = _f(
-        "salt",
-        help="pixel (stage 1) | salt (stage 2, frozen teacher) | vjepa (EMA baseline)",
-        choices=("pixel", "salt", "vjepa"),
-    )
+    stage: str = _f("salt", help="what is trained (salt_fast.stages.STAGES)", choices=STAGES)
     seed: int = _f(0, help="random seed")
     output_dir: str = _f("runs/default", help="checkpoints, logs, the resolved config and the exported encoder")
     model: ModelConfig = _f(factory=ModelConfig, help="models")
@@ -164,6 +169,10 @@ class TrainConfig:
     runtime: RuntimeConfig = _f(factory=RuntimeConfig, help="runtime")
     checkpoint: CheckpointConfig = _f(factory=CheckpointConfig, help="checkpoints")
     log: LogConfig = _f(factory=LogConfig, help="logging")
+
+    def to_dict(self) -> dict:
+        """The config as nested plain dicts/lists/scalars (tuples become lists), ready for YAML."""
+        return _plain(dataclasses.asdict(self))
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,7 +362,7 @@ def _build(cls: type, data: dict) -> Any:
 # Validation: choices, ranges and model shapes
 
 
-def _vit(key: str, base: ViTConfig, overrides: Mapping, cfg: TrainConfig) -> ViTConfig:
+def _vit(key: str, base: ViTConfig, overrides: Mapping, model: ModelConfig) -> ViTConfig:
     for name in ("rope_mode", "attn_backend"):
         if name in overrides:
             raise ConfigError(f"{key}.{name}: set model.{name} instead (it applies to every model)")
@@ -364,9 +373,7 @@ def _vit(key: str, base: ViTConfig, overrides: Mapping, cfg: TrainConfig) -> ViT
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"{key}.{name}: unknown ViTConfig field{hint}")
     try:
-        return dataclasses.replace(
-            base, **overrides, rope_mode=cfg.model.rope_mode, attn_backend=cfg.model.attn_backend
-        )
+        return dataclasses.replace(base, **overrides, rope_mode=model.rope_mode)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{key}: {exc}") from None
 
@@ -375,21 +382,6 @@ def _preset(key: str, name: str) -> ViTConfig:
     if name not in ENCODER_PRESETS:
         raise ConfigError(f"{key}: unknown preset {name!r}; expected one of {', '.join(ENCODER_PRESETS)}")
     return ENCODER_PRESETS[name]
-
-
-def encoder_vit_config(cfg: TrainConfig) -> ViTConfig:
-    """The stage-1 encoder / stage-2 student shape: preset + overrides + model.rope_mode/attn_backend."""
-    return _vit("model.encoder_overrides", _preset("model.encoder", cfg.model.encoder), cfg.model.encoder_overrides, cfg)
-
-
-def teacher_vit_config(cfg: TrainConfig) -> ViTConfig:
-    """The stage-2 teacher shape (stage "salt"; "vjepa" uses the student's shape for its EMA teacher)."""
-    return _vit("model.teacher_overrides", _preset("model.teacher", cfg.model.teacher), cfg.model.teacher_overrides, cfg)
-
-
-def predictor_vit_config(cfg: TrainConfig) -> ViTConfig:
-    """The predictor / pixel-decoder body: PREDICTOR_CONFIG + model.predictor_overrides."""
-    return _vit("model.predictor_overrides", PREDICTOR_CONFIG, cfg.model.predictor_overrides, cfg)
 
 
 def _check_choices(obj: Any, prefix: str) -> None:
@@ -415,9 +407,9 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     _require(cfg.seed >= 0, "seed", ">= 0", cfg.seed)
     _require(cfg.output_dir.strip() != "", "output_dir", "a non-empty path", cfg.output_dir)
 
-    encoder = encoder_vit_config(cfg)
-    teacher_vit_config(cfg)
-    predictor_vit_config(cfg)
+    encoder = m.encoder_vit()
+    m.teacher_vit()
+    m.predictor_vit()
     if m.teacher_checkpoint is not None:
         _require(m.teacher_checkpoint.strip() != "", "model.teacher_checkpoint", "a path or null", m.teacher_checkpoint)
 
@@ -469,17 +461,14 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
 # Public API
 
 
-def config_to_dict(cfg: TrainConfig) -> dict:
-    """The config as nested plain dicts/lists/scalars (tuples become lists), ready for YAML."""
-    return _plain(dataclasses.asdict(cfg))
-
-
 def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> TrainConfig:
     """Defaults, then the YAML file at ``path`` (if any), then ``KEY=VALUE`` overrides; validated."""
     if isinstance(overrides, str):
         overrides = [overrides]
-    data = config_to_dict(TrainConfig())
+    data = TrainConfig().to_dict()
     if path is not None:
+        if not Path(path).is_file():
+            raise ConfigError(f"{path}: no such config file")
         try:
             with open(path, encoding="utf-8") as fh:
                 loaded = _yaml_load(fh.read())
@@ -494,9 +483,28 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Tr
     return validate_config(_build(TrainConfig, data))
 
 
+def check_run_inputs(cfg: TrainConfig) -> None:
+    """Check the files a run of ``cfg`` will read, before anything is built or written: every
+    train list (exists, each line parses), the stage's inputs (a salt teacher export that
+    matches ``model.teacher``) and an explicit ``checkpoint.resume`` path. Raises ConfigError
+    naming the key and the problem in one line."""
+    for i, path in enumerate(cfg.data.train_lists):
+        try:
+            VideoList.from_file(path)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"data.train_lists[{i}]: {exc}") from None
+    try:
+        STAGES[cfg.stage].check_inputs(cfg.model)
+    except (OSError, ValueError, CheckpointError) as exc:
+        raise ConfigError(f"model.teacher_checkpoint: {exc}") from None
+    resume = cfg.checkpoint.resume
+    if resume not in ("auto", "never") and not Path(resume).is_file():
+        raise ConfigError(f"checkpoint.resume: no checkpoint file at {resume}")
+
+
 def config_from_dict(values: Mapping) -> TrainConfig:
     """A config from nested dicts (e.g. the ``config`` entry of a training checkpoint), validated."""
-    data = config_to_dict(TrainConfig())
+    data = TrainConfig().to_dict()
     _merge(data, TrainConfig, values, "")
     return validate_config(_build(TrainConfig, data))
 
@@ -504,7 +512,7 @@ def config_from_dict(values: Mapping) -> TrainConfig:
 def save_config(cfg: TrainConfig, path: str) -> None:
     """Write the resolved config as YAML; ``load_config(path)`` gives back an equal config."""
     with open(path, "w", encoding="utf-8") as fh:
-        yaml.safe_dump(config_to_dict(cfg), fh, sort_keys=False, default_flow_style=False)
+        yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False, default_flow_style=False)
 
 
 def _leaves(cls: type, prefix: str = "") -> list[tuple[str, dataclasses.Field]]:
@@ -531,15 +539,25 @@ def _show(value: Any) -> str:
     return str(value)
 
 
+def _choice(name: str, choices: Collection[str]) -> str:
+    """A choice as the config table shows it: with its registry entry's ``summary`` when it has one."""
+    summary = getattr(choices[name], "summary", None) if isinstance(choices, Mapping) else None
+    return f"{name} ({summary})" if summary else name
+
+
 def describe_config() -> str:
     """A Markdown table of every key, its default and its meaning."""
-    defaults = config_to_dict(TrainConfig())
+    defaults = TrainConfig().to_dict()
     lines = ["| key | default | meaning |", "|---|---|---|"]
     for key, f in _leaves(TrainConfig):
         value: Any = defaults
         for part in key.split("."):
             value = value[part]
-        lines.append(f"| `{key}` | `{_show(value)}` | {f.metadata['help'].replace('|', '&#124;')} |")
+        meaning = f.metadata["help"]
+        choices = f.metadata["choices"]
+        if choices:
+            meaning += ": " + " | ".join(_choice(name, choices) for name in choices)
+        lines.append(f"| `{key}` | `{_show(value)}` | {meaning.replace('|', '&#124;')} |")
     return "\n".join(lines)
 
 
@@ -557,7 +575,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    yaml.safe_dump(config_to_dict(cfg), sys.stdout, sort_keys=False)
+    yaml.safe_dump(cfg.to_dict(), sys.stdout, sort_keys=False)
     return 0
 
 

@@ -84,7 +84,6 @@ def peak_flops(device: torch.device) -> float | None:
 
 
 def six_nd(
-    stage: str,
     n_encoder: float,
     n_predictor: float,
     tokens: int,
@@ -93,22 +92,20 @@ def six_nd(
     context_fraction: float = 0.1,
     num_masks: int = 2,
 ) -> dict[str, float]:
-    """Training FLOPs by 6ND for one stage.
+    """Training FLOPs by 6ND for one stage (each stage's own rule: ``salt_fast.stages``).
 
     Per sample: the encoder sees ``num_masks * context_fraction * tokens`` tokens (D_e), the
-    predictor / decoder ``num_masks * tokens`` (D_p) and a frozen teacher ``tokens`` (D_t,
-    forward only: 2ND). ``stage``: "pixel" (no teacher), "salt" (teacher ``n_teacher``) or
-    "vjepa" (the EMA teacher has the encoder's size). ``N`` includes the patch embedding.
+    predictor / decoder ``num_masks * tokens`` (D_p) and a forward-only teacher of
+    ``n_teacher`` parameters (None: no teacher) ``tokens`` (D_t, forward only: 2ND). ``N``
+    includes the patch embedding.
 
     Returns ``{"D_e", "D_p", "D_t", "flops"}`` totals over ``samples`` (steps x batch).
     """
-    if stage not in ("pixel", "salt", "vjepa"):
-        raise ValueError(f"stage must be pixel, salt or vjepa, got {stage!r}")
     d_e = num_masks * context_fraction * tokens * samples
     d_p = num_masks * tokens * samples
     flops = 6 * n_encoder * d_e + 6 * n_predictor * d_p
     d_t = 0.0
-    if stage != "pixel":
+    if n_teacher is not None:
         d_t = tokens * samples
-        flops += 2 * (n_encoder if stage == "vjepa" else n_teacher) * d_t
+        flops += 2 * n_teacher * d_t
     return {"D_e": d_e, "D_p": d_p, "D_t": d_t, "flops": flops}

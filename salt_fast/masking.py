@@ -63,7 +63,7 @@ import math
 import numbers
 import operator
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+from typing import Any, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -85,11 +85,11 @@ __all__ = [
     "MULTI_BLOCK",
     "RANDOM_TUBE",
     "MULTI_RANDOM_TUBE",
+    "MASK_SETS",
     "TRUNCATION_POLICIES",
     "MaskBatch",
     "MaskingError",
     "MaskSampler",
-    "MaskCollator",
     "cpp_available",
     "batch_key",
     "splitmix64_mix",
@@ -192,6 +192,13 @@ RANDOM_TUBE: tuple[MaskConfig, ...] = (RandomTube(0.9),)
 # sampler keeps 23% / 6.5% context and 48% / 70% targets, the figures measured on V-JEPA 2's
 # collator. The tubes mask int(ratio * H*W) positions: 122 and 159 of 196.
 MULTI_RANDOM_TUBE: tuple[MaskConfig, ...] = (RandomTube(0.627), RandomTube(0.812))
+
+# The named mask sets a run can choose (config ``masking.configs``); one mask token each.
+MASK_SETS: dict[str, tuple[MaskConfig, ...]] = {
+    "multi_block": MULTI_BLOCK,
+    "random_tube": RANDOM_TUBE,
+    "multi_random_tube": MULTI_RANDOM_TUBE,
+}
 
 
 class MaskBatch(NamedTuple):
@@ -548,31 +555,3 @@ class MaskSampler:
             f"MaskSampler(grid={self.grid}, configs={self.configs}, seed={self.seed}, "
             f"truncation={self.truncation!r}, backend={self.backend!r}, step={self.step})"
         )
-
-
-class MaskCollator:
-    """DataLoader ``collate_fn``: ``(default_collate(samples), sampler.sample(len(samples), step))``.
-
-    Without ``step`` the collator uses and advances its own counter. That counter is only right
-    in the main process: with ``num_workers > 0`` every worker holds a copy of the collator and
-    the copies would repeat each other's steps, so the data pipeline must pass the global batch
-    index as ``step`` (e.g. from a batch sampler that yields it). An explicit ``step`` leaves the
-    counter untouched.
-    """
-
-    def __init__(self, sampler: MaskSampler, collate_fn: Optional[Callable[[list], Any]] = None) -> None:
-        self.sampler = sampler
-        self.collate_fn = collate_fn if collate_fn is not None else torch.utils.data.default_collate
-        self.step = 0
-
-    def __call__(self, samples: Sequence[Any], step: Optional[int] = None) -> tuple[Any, list[MaskBatch]]:
-        if step is None:
-            step = self.step
-            self.step += 1
-        return self.collate_fn(list(samples)), self.sampler.sample(len(samples), step)
-
-    def state_dict(self) -> dict:
-        return {"step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step = int(state["step"])

@@ -1,4 +1,4 @@
-"""Training metrics: CSV + TensorBoard logging, a progress bar, plots, memory and throughput.
+"""Training metrics: CSV + TensorBoard logging, a progress bar, plots, memory, throughput and result files.
 
 TensorBoard, tqdm and matplotlib are optional: without them the logger writes only the
 CSV, the progress bar prints a plain line now and then, and ``plot_metrics`` returns None;
@@ -10,25 +10,26 @@ logged row in order. A later row with new keys extends the header: the file is r
 to a temporary file with the wider header (old rows get empty cells) and atomically
 replaced, so a crash at any moment leaves a complete, valid CSV. Missing keys in a row
 are written as empty cells. Every row is flushed as it is written. When the CSV already
-exists (a resumed run) it is appended to with its existing header.
+exists (a resumed run) it is appended to with its existing header, after the rows of the
+steps the resumed run will log again are cut (``resume_step``), so every step appears once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import math
 import os
 import sys
 import time
 import warnings
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
 
-__all__ = ["MetricsLogger", "ProgressBar", "Throughput", "peak_memory_mb", "plot_metrics", "reset_peak_memory"]
+__all__ = ["LogWindow", "MetricsLogger", "ProgressBar", "peak_memory_mb", "plot_metrics", "write_result"]
 
 _warned: set[str] = set()
 
@@ -54,6 +55,8 @@ class MetricsLogger:
     TensorBoard is installed and ``tensorboard=True``, to ``output_dir/tb``.
 
     Only rank 0 writes (other ranks create nothing); tensors are converted with ``.item()``.
+    ``resume_step``: a run continuing after step ``s`` drops the rows and TensorBoard events of
+    steps after ``s`` that an earlier, interrupted run wrote (it logs them again).
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class MetricsLogger:
         tensorboard: bool = True,
         columns: Iterable[str] | None = None,
         filename: str = "metrics.csv",
+        resume_step: int | None = None,
     ) -> None:
         self.rank = rank
         self.enabled = rank == 0
@@ -79,8 +83,8 @@ class MetricsLogger:
             with open(self.csv_path, newline="") as f:
                 header = next(csv.reader(f), [])
             self._columns = header + [c for c in self._columns if c not in header]
-            if self._columns != header:
-                self._rewrite(self._columns)
+            if self._columns != header or resume_step is not None:
+                self._rewrite(self._columns, until=resume_step)
             self._open()
         elif columns is not None:
             self._open(write_header=True)
@@ -90,7 +94,8 @@ class MetricsLogger:
             except Exception as e:  # not installed, or a broken install (e.g. a protobuf mismatch)
                 _warn_once("tensorboard", f"tensorboard unavailable ({e!r}); metrics go to the CSV only")
             else:
-                self._tb = SummaryWriter(log_dir=str(self.output_dir / "tb"))
+                purge = None if resume_step is None else resume_step + 1  # events of steps >= it go
+                self._tb = SummaryWriter(log_dir=str(self.output_dir / "tb"), purge_step=purge)
 
     @property
     def columns(self) -> list[str]:
@@ -106,8 +111,9 @@ class MetricsLogger:
     def _flush(self) -> None:
         self._file.flush()  # to the OS: a crash of the process loses no row
 
-    def _rewrite(self, columns: list[str]) -> None:
-        """Rewrite the CSV with a wider header, atomically (temp file + ``os.replace``)."""
+    def _rewrite(self, columns: list[str], until: int | None = None) -> None:
+        """Rewrite the CSV with a (wider) header and only the rows of steps <= ``until`` (all when
+        None), atomically (temp file + ``os.replace``)."""
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -115,7 +121,7 @@ class MetricsLogger:
         with open(self.csv_path, newline="") as src, open(tmp, "w", newline="") as dst:
             writer = csv.DictWriter(dst, fieldnames=columns, restval="")
             writer.writeheader()
-            writer.writerows(csv.DictReader(src))
+            writer.writerows(row for row in csv.DictReader(src) if until is None or int(row["step"]) <= until)
             dst.flush()
             os.fsync(dst.fileno())
         os.replace(tmp, self.csv_path)
@@ -172,9 +178,10 @@ def _fmt_value(value) -> str:
 
 
 class ProgressBar:
-    """Step progress: tqdm when installed, else one plain line every ``print_every`` seconds
-    (and at the last step). ``update(n=1, **postfix)`` advances and shows the postfix values
-    (e.g. ``loss=...``), the rate in step/s and the ETA. Pass ``enabled=(rank == 0)``."""
+    """Progress: tqdm when installed, else one plain line every ``print_every`` seconds (and at
+    the last one). ``update(n=1, **postfix)`` advances and shows the postfix values (e.g.
+    ``loss=...``), the rate in ``unit``/s (what is counted: ``"step"``, ``"batch"``, ``"pair"``...)
+    and the ETA. Pass ``enabled=(rank == 0)``."""
 
     def __init__(
         self,
@@ -182,6 +189,7 @@ class ProgressBar:
         initial: int = 0,
         enabled: bool = True,
         desc: str = "train",
+        unit: str = "step",
         print_every: float = 30.0,
         file=None,
         clock: Callable[[], float] = time.perf_counter,
@@ -189,6 +197,7 @@ class ProgressBar:
         self.total, self.n = int(total), int(initial)
         self.enabled = enabled
         self.desc = desc
+        self.unit = unit
         self.print_every = print_every
         self._file = file
         self._clock = clock
@@ -204,12 +213,12 @@ class ProgressBar:
             _warn_once("tqdm", "tqdm is not installed; progress is printed as plain lines")
         else:
             self._tqdm = tqdm(
-                total=self.total, initial=self.n, desc=desc, unit="step", dynamic_ncols=True, file=file, mininterval=1.0
+                total=self.total, initial=self.n, desc=desc, unit=unit, dynamic_ncols=True, file=file, mininterval=1.0
             )
 
     @property
     def rate(self) -> float:
-        """Steps per second since construction."""
+        """Units per second since construction."""
         elapsed = self._clock() - self._start
         done = self.n - self._initial
         return done / elapsed if elapsed > 0 and done > 0 else 0.0
@@ -224,7 +233,7 @@ class ProgressBar:
         pct = 100.0 * self.n / self.total if self.total else 100.0
         parts = [f"{self.desc} {self.n}/{self.total} ({pct:.0f}%)"]
         parts += [f"{k} {_fmt_value(v)}" for k, v in postfix.items()]
-        parts += [f"{self.rate:.2f} step/s", f"ETA {_fmt_duration(self.eta)}"]
+        parts += [f"{self.rate:.2f} {self.unit}/s", f"ETA {_fmt_duration(self.eta)}"]
         return " | ".join(parts)
 
     def update(self, n: int = 1, **postfix) -> None:
@@ -311,80 +320,46 @@ def peak_memory_mb(device: str | torch.device | int = "cuda") -> float | None:
     return None if dev is None else torch.cuda.max_memory_allocated(dev) / 2**20
 
 
-def reset_peak_memory(device: str | torch.device | int = "cuda") -> None:
-    """Reset the CUDA peak counter (no-op off CUDA)."""
-    if isinstance(device, int):
-        device = torch.device("cuda", device)
-    dev = _cuda_device(device)
-    if dev is not None:
-        torch.cuda.reset_peak_memory_stats(dev)
+class LogWindow:
+    """What the training log reports for the steps since the last :meth:`reset`: clips/s, the
+    achieved FLOP/s (and MFU against a peak) and the time spent waiting for data."""
 
-
-class Throughput:
-    """Clips/s and steps/s over the last ``window`` steps, and time spent waiting for data.
-
-    Call ``update(clips)`` once per step with the clips that step consumed (per rank:
-    multiply by the world size for the global rate). Wrap the data fetch in
-    ``with tp.waiting():`` (or ``start_wait()`` / ``end_wait()``); ``data_wait_s`` is the
-    total, ``pop_data_wait()`` returns and clears the time since its last call.
-    """
-
-    def __init__(self, window: int = 20, clock: Callable[[], float] = time.perf_counter) -> None:
-        if window < 1:
-            raise ValueError(f"window must be >= 1, got {window}")
-        self.window = window
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         self._clock = clock
-        self.total_clips = 0
-        self.total_steps = 0
-        self.data_wait_s = 0.0
-        self._pending_wait = 0.0
-        self._wait_start: float | None = None
         self.reset()
 
     def reset(self) -> None:
-        """Restart the window now (e.g. after compilation warm-up); totals are kept."""
-        self._marks: deque[tuple[float, int]] = deque([(self._clock(), self.total_clips)], maxlen=self.window + 1)
-
-    def update(self, clips: int) -> None:
-        self.total_clips += int(clips)
-        self.total_steps += 1
-        self._marks.append((self._clock(), self.total_clips))
-
-    def _span(self) -> tuple[float, int, int]:
-        (t0, c0), (t1, c1) = self._marks[0], self._marks[-1]
-        return t1 - t0, c1 - c0, len(self._marks) - 1
-
-    @property
-    def clips_per_s(self) -> float | None:
-        dt, clips, _ = self._span()
-        return clips / dt if dt > 0 else None
-
-    @property
-    def steps_per_s(self) -> float | None:
-        dt, _, steps = self._span()
-        return steps / dt if dt > 0 and steps > 0 else None
-
-    def start_wait(self) -> None:
-        self._wait_start = self._clock()
-
-    def end_wait(self) -> float:
-        """Close the wait opened by ``start_wait``; returns its duration in seconds."""
-        if self._wait_start is None:
-            raise RuntimeError("end_wait() without start_wait()")
-        waited = self._clock() - self._wait_start
-        self._wait_start = None
-        self.data_wait_s += waited
-        self._pending_wait += waited
-        return waited
+        self.clips, self.flops, self.data_wait_s = 0, 0, 0.0
+        self._start = self._clock()
 
     @contextlib.contextmanager
     def waiting(self) -> Iterator[None]:
-        self.start_wait()
+        """Time spent inside counts as waiting for data."""
+        start = self._clock()
         try:
             yield
         finally:
-            self.end_wait()
+            self.data_wait_s += self._clock() - start
 
-    def pop_data_wait(self) -> float:
-        waited, self._pending_wait = self._pending_wait, 0.0
-        return waited
+    def add(self, clips: int, flops: int) -> None:
+        """One step's clips (all processes) and this process's FLOPs."""
+        self.clips += clips
+        self.flops += flops
+
+    def rates(self, peak_flops: float | None = None) -> dict[str, float]:
+        """``clips_per_s``, ``tflops_per_gpu``, ``mfu`` (0 without a known peak) and ``data_wait_s``."""
+        elapsed = max(self._clock() - self._start, 1e-9)
+        return {
+            "clips_per_s": self.clips / elapsed,
+            "tflops_per_gpu": self.flops / elapsed / 1e12,
+            "mfu": self.flops / elapsed / peak_flops if peak_flops else 0.0,
+            "data_wait_s": self.data_wait_s,
+        }
+
+
+def write_result(path: str | Path, result: dict) -> Path:
+    """Write a results JSON (parent folders created, indented, trailing newline); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return path

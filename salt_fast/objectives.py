@@ -18,6 +18,7 @@ def salt_loss(
     teacher_out: Tensor,
     masks: Sequence[MaskBatch],
     grid: tuple[int, int, int],
+    check_ids: bool = True,
 ) -> tuple[Tensor, list[Tensor]]:
     """SALT Stage 2: predict the frozen teacher's layer-normed latents at the masked tokens.
 
@@ -31,15 +32,17 @@ def salt_loss(
             clip, without grad).
         masks: one ``MaskBatch`` per configuration (from ``MaskSampler``).
         grid: ``(T, H, W)`` token grid of ``video``.
+        check_ids: check the masks' ids on the device (no host sync); False for ids that are
+            right by construction (``MaskSampler``'s).
 
     Returns:
         ``(loss, per_config_losses)``, scalars.
     """
     losses = []
     for index, m in enumerate(masks):
-        context = student(video, m.context, m.context_valid)
-        pred = predictor(context, m.context, m.target, grid, index, m.context_valid, m.target_valid)
-        losses.append(latent_l1_loss(pred, teacher_out, m.target, valid=m.target_valid))
+        context = student(video, m.context, m.context_valid, check_ids=check_ids)
+        pred = predictor(context, m.context, m.target, grid, index, m.context_valid, m.target_valid, check_ids=check_ids)
+        losses.append(latent_l1_loss(pred, teacher_out, m.target, valid=m.target_valid, check_ids=check_ids))
     return torch.stack(losses).mean(), losses
 
 
@@ -49,6 +52,7 @@ def pixel_loss(
     video: Tensor,
     masks: Sequence[MaskBatch],
     grid: tuple[int, int, int],
+    check_ids: bool = True,
 ) -> tuple[Tensor, list[Tensor]]:
     """SALT Stage 1 (V-Pixel): reconstruct the normalised pixels of the masked tubelets.
 
@@ -60,7 +64,7 @@ def pixel_loss(
     tubelet, patch = encoder.cfg.tubelet_size, encoder.cfg.patch_size
     losses = []
     for index, m in enumerate(masks):
-        context = encoder(video, m.context, m.context_valid)
-        pred = decoder(context, m.context, m.target, grid, index, m.context_valid, m.target_valid)
-        losses.append(pixel_mse_loss(pred, video, m.target, tubelet, patch, valid=m.target_valid))
+        context = encoder(video, m.context, m.context_valid, check_ids=check_ids)
+        pred = decoder(context, m.context, m.target, grid, index, m.context_valid, m.target_valid, check_ids=check_ids)
+        losses.append(pixel_mse_loss(pred, video, m.target, tubelet, patch, valid=m.target_valid, check_ids=check_ids))
     return torch.stack(losses).mean(), losses

@@ -1,4 +1,4 @@
-"""Optimizer, schedules and EMA (SPEC §5).
+"""Optimizer, schedules and EMA (the paper's Table 5 and Appendix C).
 
 Schedules are pure functions of the step, so a resumed run needs no scheduler state:
 ``set_schedules(optimizer, step, ...)`` before every optimizer step writes the lr into
@@ -7,9 +7,9 @@ every group and the weight decay into the groups with ``apply_wd``.
 - lr: linear warmup ``lr_start -> lr_peak`` over ``warmup_steps``, then cosine
   ``lr_peak -> lr_end`` over the remaining steps (V-JEPA 2's WarmupCosineSchedule).
 - weight decay: cosine ``start -> end`` over all steps (V-JEPA 2's CosineWDSchedule).
-- EMA momentum (V-JEPA baseline only): linear ``start -> end`` (constant when equal).
+- EMA (V-JEPA baseline only): a constant momentum, as V-JEPA 2.
 
-All three hold their final value past ``steps``.
+Both hold their final value past ``steps``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from torch import nn
 
 __all__ = [
     "build_optimizer",
-    "ema_momentum_at",
     "ema_update",
     "lr_at",
     "param_groups",
@@ -30,7 +29,7 @@ __all__ = [
     "weight_decay_at",
 ]
 
-# SPEC §5 defaults.
+# The paper's Table 5.
 LR_START, LR_PEAK, LR_END = 2e-4, 6.25e-4, 1e-6
 WD_START, WD_END = 0.04, 0.4
 BETAS = (0.9, 0.95)
@@ -76,14 +75,6 @@ def weight_decay_at(step: int, *, steps: int, start: float = WD_START, end: floa
     """Weight decay at ``step``: ``end + (start - end) * 0.5 * (1 + cos(pi * step / steps))``."""
     _check_steps(step, steps)
     return _cosine(start, end, step / steps)
-
-
-def ema_momentum_at(step: int, *, steps: int, start: float, end: float) -> float:
-    """EMA momentum at ``step``: linear ``start -> end`` over ``steps`` (``start`` when equal)."""
-    _check_steps(step, steps)
-    if start == end:
-        return float(start)
-    return start + (end - start) * min(step / steps, 1.0)
 
 
 def _as_modules(modules: nn.Module | Iterable[nn.Module]) -> list[nn.Module]:

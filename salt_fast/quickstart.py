@@ -9,12 +9,13 @@ are with a short summary. A few minutes on a 2-core CPU.
 
 from __future__ import annotations
 
+import argparse
 import csv
-import sys
 from pathlib import Path
 
+from salt_fast.cli import HelpFormatter, one_line_errors
 from salt_fast.config import load_config
-from salt_fast.train import train
+from salt_fast.train import describe, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -25,9 +26,12 @@ def mean_clips_per_s(metrics: str) -> float:
     return sum(rates) / max(len(rates), 1)
 
 
+@one_line_errors()
 def main(argv: list[str] | None = None) -> tuple[dict, dict]:
-    overrides = list(sys.argv[1:] if argv is None else argv)
-    # output_dir=ROOT puts the two stages in ROOT/pixel and ROOT/salt.
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides for both stages; output_dir=ROOT puts them "
+                        "in ROOT/pixel and ROOT/salt (default: runs/quickstart)")  # fmt: skip
+    overrides = parser.parse_args(argv).overrides
     roots = [o.split("=", 1)[1] for o in overrides if o.startswith("output_dir=")]
     overrides = [o for o in overrides if not o.startswith("output_dir=")]
     root = roots[-1] if roots else "runs/quickstart"
@@ -36,13 +40,8 @@ def main(argv: list[str] | None = None) -> tuple[dict, dict]:
     student = train(load_config(CONFIGS / "quickstart_salt.yaml", student_overrides))
     print("\nsalt_fast quickstart: done")
     for name, run in (("Stage 1 teacher (V-Pixel)", teacher), ("Stage 2 student (SALT)", student)):
-        print(
-            f"  {name}: loss {run['first_loss']:.4f} -> {run['last_loss']:.4f}, "
-            f"{mean_clips_per_s(run['metrics']):.1f} clips/s\n"
-            f"    checkpoints {run['checkpoints']}\n    encoder     {run['encoder']}\n"
-            f"    metrics     {run['metrics']} (TensorBoard: {Path(run['output_dir']) / 'tb'})\n"
-            f"    plot        {run['plot']}"
-        )
+        print(f"{name}, {mean_clips_per_s(run['metrics']):.1f} clips/s (TensorBoard: {Path(run['output_dir']) / 'tb'})")
+        print("  " + describe(run).replace("\n", "\n  "))
     return teacher, student
 
 

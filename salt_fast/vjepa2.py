@@ -135,8 +135,8 @@ class PredictorSpec:
     out_dim: int
     num_mask_tokens: int
 
-    def build(self) -> Predictor:
-        return Predictor(self.in_dim, self.out_dim, self.cfg, self.num_mask_tokens)
+    def build(self, attn_backend: str = "sdpa") -> Predictor:
+        return Predictor(self.in_dim, self.out_dim, self.cfg, self.num_mask_tokens, attn_backend)
 
 
 @dataclass
@@ -237,7 +237,6 @@ def infer_encoder_config(
     rope_mode: str = "vjepa2",
     *,
     norm_eps: float = VJEPA2_NORM_EPS,
-    attn_backend: str = "sdpa",
 ) -> ViTConfig:
     """The :class:`ViTConfig` of a V-JEPA 2 encoder state dict, from its shapes alone.
 
@@ -261,7 +260,7 @@ def infer_encoder_config(
     return _vit_config(
         embed_dim=width, depth=_depth(state, "blocks"), num_heads=_encoder_heads(width, num_heads),
         mlp_hidden=fc1[0], patch_size=patch_h, tubelet_size=tubelet, in_chans=in_chans, rope_mode=rope_mode,
-        qkv_bias="blocks.0.attn.qkv.bias" in state, norm_eps=norm_eps, attn_backend=attn_backend,
+        qkv_bias="blocks.0.attn.qkv.bias" in state, norm_eps=norm_eps,
     )  # fmt: skip
 
 
@@ -271,7 +270,6 @@ def infer_predictor_spec(
     rope_mode: str = "vjepa2",
     *,
     norm_eps: float = VJEPA2_NORM_EPS,
-    attn_backend: str = "sdpa",
 ) -> PredictorSpec:
     """The :class:`PredictorSpec` of a V-JEPA 2 predictor state dict, from its shapes alone.
 
@@ -287,7 +285,7 @@ def infer_predictor_spec(
     cfg = _vit_config(
         embed_dim=embed[0], depth=_depth(state, "predictor_blocks"),
         num_heads=VJEPA2_PREDICTOR_HEADS if num_heads is None else num_heads, mlp_hidden=fc1[0], rope_mode=rope_mode,
-        qkv_bias="predictor_blocks.0.attn.qkv.bias" in state, norm_eps=norm_eps, attn_backend=attn_backend,
+        qkv_bias="predictor_blocks.0.attn.qkv.bias" in state, norm_eps=norm_eps,
     )  # fmt: skip
     return PredictorSpec(cfg, in_dim=embed[1], out_dim=proj[0], num_mask_tokens=max(tokens, default=0) + 1)
 
@@ -345,8 +343,9 @@ def _build(entry: str, state: Mapping[str, Any], metadata: Mapping[str, Any] | N
     """
     record = dict(metadata.get("entries", {}).get(entry, {})) if metadata else {}
     recorded = dict(record.get("config", {}))
+    recorded.pop("attn_backend", None)  # a runtime choice; never part of the weights
     mode = opts["rope_mode"] or recorded.get("rope_mode", "vjepa2")
-    runtime = {"rope_mode": mode, "attn_backend": opts["attn_backend"]}
+    runtime = {"rope_mode": mode}
     heads = opts["predictor_heads" if entry == "predictor" else "encoder_heads"]
     if heads is not None:
         runtime["num_heads"] = int(heads)
@@ -356,19 +355,19 @@ def _build(entry: str, state: Mapping[str, Any], metadata: Mapping[str, Any] | N
                 cfg = _vit_config(**{**recorded, **runtime})
                 spec = PredictorSpec(cfg, int(record["in_dim"]), int(record["out_dim"]), int(record["num_mask_tokens"]))
             else:
-                spec = infer_predictor_spec(state, heads, mode, attn_backend=opts["attn_backend"])
+                spec = infer_predictor_spec(state, heads, mode)
             with torch.device("meta"):
-                return spec.build()
+                return spec.build(opts["attn_backend"])
         if opts["encoder_preset"] is not None:
             cfg = _vit_config(**{**asdict(ENCODER_PRESETS[opts["encoder_preset"]]), **runtime})
         elif recorded:
             cfg = _vit_config(**{**recorded, **runtime})
         else:
-            cfg = infer_encoder_config(state, heads, mode, attn_backend=opts["attn_backend"])
+            cfg = infer_encoder_config(state, heads, mode)
     except (KeyError, TypeError) as exc:
         raise Vjepa2CheckpointError(f"malformed {METADATA_KEY!r} record {record!r} ({type(exc).__name__}: {exc})") from exc
     with torch.device("meta"):
-        return VisionTransformer(cfg)
+        return VisionTransformer(cfg, opts["attn_backend"])
 
 
 def load_vjepa2_checkpoint(
@@ -558,7 +557,7 @@ def save_vjepa2_checkpoint(
                 "so its evaluation would run a different network; train with model.rope_mode=vjepa2, or pass "
                 "allow_standard_rope=True to write it anyway (salt_fast's loader restores the recorded mode)"
             )
-        record: dict[str, Any] = {"config": {k: v for k, v in asdict(model.cfg).items() if k != "attn_backend"}}
+        record: dict[str, Any] = {"config": asdict(model.cfg)}
         if entry == "predictor":
             record.update(in_dim=model.in_dim, out_dim=model.out_dim, num_mask_tokens=len(model.mask_tokens))
         meta_entries[entry] = record

@@ -5,17 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from salt_fast.config import (
-    ConfigError,
-    TrainConfig,
-    config_to_dict,
-    describe_config,
-    encoder_vit_config,
-    load_config,
-    predictor_vit_config,
-    save_config,
-    teacher_vit_config,
-)
+from salt_fast.config import ConfigError, TrainConfig, describe_config, load_config, save_config
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
@@ -52,9 +42,9 @@ def test_configs_directory_is_complete():
 def test_every_config_file_loads(path):
     cfg = load_config(str(path))
     assert path.read_text().startswith("#"), "each config starts with a comment header"
-    encoder_vit_config(cfg)
-    teacher_vit_config(cfg)
-    predictor_vit_config(cfg)
+    cfg.model.encoder_vit()
+    cfg.model.teacher_vit()
+    cfg.model.predictor_vit()
 
 
 def test_paper_configs():
@@ -76,9 +66,9 @@ def test_quickstart_configs_are_tiny_and_chained():
     for cfg in (pixel, salt):
         assert cfg.data.train_lists == [] and cfg.optim.steps <= 100 and cfg.data.resolution <= 64
         assert cfg.optim.grad_clip == 1.0 and cfg.optim.lr_peak == 1e-3
-        assert predictor_vit_config(cfg).head_dim == 24
+        assert cfg.model.predictor_vit().head_dim == 24
     assert salt.model.teacher_checkpoint == str(Path(pixel.output_dir) / "encoder.safetensors")
-    assert teacher_vit_config(salt) == encoder_vit_config(pixel)
+    assert salt.model.teacher_vit() == pixel.model.encoder_vit()
 
 
 def test_overrides_nested_lists_and_dicts(tmp_path):
@@ -100,7 +90,7 @@ def test_overrides_nested_lists_and_dicts(tmp_path):
     assert cfg.optim.steps == 100 and cfg.optim.lr_peak == 1e-3 and isinstance(cfg.optim.lr_peak, float)
     assert cfg.optim.betas == (0.8, 0.9)
     assert cfg.model.encoder_overrides == {"depth": 2, "num_heads": 4, "mlp_hidden": 256}  # merged with the file's
-    assert encoder_vit_config(cfg).num_heads == 4
+    assert cfg.model.encoder_vit().num_heads == 4
     assert cfg.data.train_lists == ["a.txt", "b.txt"] and cfg.data.weights == [1.0, 3.0]
     assert cfg.model.teacher_checkpoint is None
     assert (cfg.log.every, cfg.log.progress, cfg.log.tensorboard) == (7, False, True)
@@ -230,13 +220,13 @@ def test_save_load_round_trip(tmp_path, path):
     save_config(cfg, str(out))
     again = load_config(str(out))
     assert again == cfg
-    assert config_to_dict(again) == config_to_dict(cfg)
+    assert again.to_dict() == cfg.to_dict()
     assert isinstance(again.optim.betas, tuple)
 
 
-def test_config_to_dict_is_plain_and_detached():
+def test_to_dict_is_plain_and_detached():
     cfg = load_config(str(CONFIG_DIR / "quickstart_salt.yaml"))
-    d = config_to_dict(cfg)
+    d = cfg.to_dict()
     assert d["optim"]["betas"] == [0.9, 0.95]
     d["model"]["encoder_overrides"]["depth"] = 99
     assert cfg.model.encoder_overrides["depth"] == 2
@@ -246,7 +236,7 @@ def test_describe_config_covers_every_field():
     table = describe_config()
     rows = [line for line in table.splitlines()[2:]]
     keys = [row.split("|")[1].strip().strip("`") for row in rows]
-    assert keys == list(_leaf_keys(config_to_dict(TrainConfig())))
+    assert keys == list(_leaf_keys(TrainConfig().to_dict()))
     assert all(row.count("|") == 4 for row in rows), "help text must not break the table"
     assert "| `optim.lr_peak` | `0.000625` |" in table
     assert "| `data.weights` | `null` |" in table

@@ -257,7 +257,7 @@ def vjepa_run(tmp_path_factory):
 def test_load_encoder_from_every_source(vjepa_run):
     export = load_encoder(vjepa_run / "encoder.safetensors")
     run = load_run_models(vjepa_run)
-    assert run.stage == "vjepa" and run.step == 4 and run.teacher is not None
+    assert run.stage.name == "vjepa" and run.step == 4 and run.teacher is not None
     student = load_encoder(vjepa_run, which="encoder")
     ema = load_encoder(vjepa_run)  # auto: V-JEPA evaluates its EMA target encoder
     for a, b in zip(export.state_dict().values(), student.state_dict().values()):

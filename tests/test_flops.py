@@ -6,6 +6,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from salt_fast import flops
+from salt_fast.stages import STAGES
 from salt_fast.masking import MaskSampler
 from salt_fast.models import build_encoder, build_pixel_decoder, build_predictor
 from salt_fast.objectives import pixel_loss, salt_loss
@@ -86,9 +87,17 @@ def test_six_nd_reproduces_the_papers_tables():
 
 
 def test_six_nd_formula():
-    out = flops.six_nd("salt", 1e9, 2e7, 1000, 10, n_teacher=3e8)
+    out = flops.six_nd(1e9, 2e7, 1000, 10, n_teacher=3e8)
     assert out["D_e"] == 2 * 0.1 * 1000 * 10 and out["D_p"] == 2 * 1000 * 10 and out["D_t"] == 1000 * 10
     assert out["flops"] == pytest.approx(6 * 1e9 * 2000 + 6 * 2e7 * 20000 + 2 * 3e8 * 10000)
-    assert flops.six_nd("vjepa", 1e9, 2e7, 1000, 10)["flops"] == pytest.approx(out["flops"] - 2 * 3e8 * 1e4 + 2 * 1e9 * 1e4)
-    with pytest.raises(ValueError, match="stage"):
-        flops.six_nd("ema", 1, 1, 1, 1)
+    assert flops.six_nd(1e9, 2e7, 1000, 10)["D_t"] == 0
+
+
+def test_each_stage_applies_its_own_six_nd_rule():
+    salt = STAGES["salt"].six_nd(1e9, 2e7, 1000, 10, n_teacher=3e8)
+    assert salt == flops.six_nd(1e9, 2e7, 1000, 10, n_teacher=3e8)
+    # V-JEPA 2's EMA teacher has the student's size; Stage 1 has no teacher.
+    assert STAGES["vjepa"].six_nd(1e9, 2e7, 1000, 10, n_teacher=3e8) == flops.six_nd(1e9, 2e7, 1000, 10, n_teacher=1e9)
+    assert STAGES["pixel"].six_nd(1e9, 2e7, 1000, 10, n_teacher=3e8) == flops.six_nd(1e9, 2e7, 1000, 10)
+    with pytest.raises(ValueError, match="n_teacher"):
+        STAGES["salt"].six_nd(1, 1, 1, 1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 
 import numpy as np
 import pytest
@@ -248,28 +247,6 @@ def test_determinism_and_state_dict(backend):
     fresh.load_state_dict(state)
     assert all(_batch_equal(x, y) for x, y in zip(nxt, fresh(8)))
     assert all(_batch_equal(x, y) for x, y in zip(nxt, s.sample(8, 2)))
-
-
-def test_mask_collator():
-    dataset = [(torch.full((3,), float(i)), i) for i in range(10)]
-    sampler = M.MaskSampler(seed=1, backend=FAST)
-    collator = M.MaskCollator(sampler)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=4, collate_fn=collator)
-    batches = list(loader)
-    assert len(batches) == 3 and collator.step == 3
-    (x, y), masks = batches[0]
-    assert x.shape == (4, 3) and torch.equal(y, torch.arange(4))
-    assert len(masks) == 2 and masks[0].context.shape[0] == 4
-    assert all(_batch_equal(m, r) for m, r in zip(batches[1][1], sampler.sample(4, 1)))
-    # An explicit step (from the data pipeline) wins and leaves the counter alone.
-    _, masks = collator(dataset[:2], step=1)
-    assert collator.step == 3
-    assert all(_batch_equal(m, r) for m, r in zip(masks, sampler.sample(2, 1)))
-    collator.load_state_dict({"step": 7})
-    assert collator.state_dict() == {"step": 7}
-    # Spawned DataLoader workers receive the collator pickled.
-    clone = pickle.loads(pickle.dumps(collator))
-    assert clone.step == 7 and all(_batch_equal(m, r) for m, r in zip(clone(dataset[:2])[1], sampler.sample(2, 7)))
 
 
 # ----------------------------------------------------------------------------- validation

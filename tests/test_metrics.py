@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from salt_fast import metrics
-from salt_fast.metrics import MetricsLogger, ProgressBar, Throughput, peak_memory_mb, plot_metrics
+from salt_fast.metrics import LogWindow, MetricsLogger, ProgressBar, peak_memory_mb, plot_metrics
 
 
 def read_csv(path):
@@ -145,35 +145,22 @@ def test_progress_bar_tqdm_and_disabled(capsys):
     assert capsys.readouterr() == ("", "")
 
 
-def test_throughput_math():
+def test_log_window_math():
     clock = FakeClock()
-    tp = Throughput(window=3, clock=clock)
-    assert tp.clips_per_s is None and tp.steps_per_s is None
-    for clips in (8, 8, 16, 16):
-        clock.t += 2.0
-        tp.update(clips)
-    # Window of the last 3 steps: 8 + 16 + 16 clips in 6 s.
-    assert tp.clips_per_s == pytest.approx(40 / 6)
-    assert tp.steps_per_s == pytest.approx(0.5)
-    assert tp.total_clips == 48 and tp.total_steps == 4
-
-    tp.start_wait()
-    clock.t += 0.5
-    assert tp.end_wait() == pytest.approx(0.5)
-    with tp.waiting():
-        clock.t += 0.25
-    assert tp.data_wait_s == pytest.approx(0.75)
-    assert tp.pop_data_wait() == pytest.approx(0.75)
-    assert tp.pop_data_wait() == 0.0
-    with pytest.raises(RuntimeError):
-        tp.end_wait()
-
-    tp.reset()  # new window; totals kept
-    assert tp.clips_per_s is None
+    window = LogWindow(clock=clock)
+    for clips in (8, 16):
+        with window.waiting():
+            clock.t += 0.25
+        clock.t += 1.75
+        window.add(clips, flops=int(2e12))
+    assert window.rates(peak_flops=4e12) == pytest.approx(
+        {"clips_per_s": 24 / 4, "tflops_per_gpu": 1.0, "mfu": 0.25, "data_wait_s": 0.5}
+    )
+    assert window.rates()["mfu"] == 0.0  # no known peak (a CPU)
+    window.reset()
     clock.t += 1.0
-    tp.update(4)
-    assert tp.clips_per_s == pytest.approx(4.0)
-    assert tp.total_clips == 52 and tp.data_wait_s == pytest.approx(0.75)
+    window.add(4, 0)
+    assert window.rates() == pytest.approx({"clips_per_s": 4.0, "tflops_per_gpu": 0.0, "mfu": 0.0, "data_wait_s": 0.0})
 
 
 def test_peak_memory_cpu():

@@ -8,7 +8,7 @@ import torch
 from salt_fast.models import ENCODER_PRESETS, build_encoder, build_pixel_decoder, build_predictor
 from salt_fast.models.vit import ViTConfig
 
-# SPEC §2 parameter counts (patch embedding included).
+# The paper's Table 3 parameter counts (patch embedding included).
 PAPER_PARAMS = {"vit_b": 86e6, "vit_l": 303e6, "vit_h": 632e6, "vit_g": 1.012e9, "vit_G": 1.843e9}
 
 

@@ -9,7 +9,6 @@ from torch import nn
 from salt_fast.models import build_encoder, build_predictor
 from salt_fast.optim import (
     build_optimizer,
-    ema_momentum_at,
     ema_update,
     lr_at,
     param_groups,
@@ -63,14 +62,6 @@ def test_weight_decay_values():
     assert wd(2 * STEPS) == pytest.approx(0.4, rel=1e-12)
     values = [wd(s) for s in range(STEPS + 1)]
     assert all(a < b for a, b in zip(values, values[1:]))
-
-
-def test_ema_momentum():
-    assert ema_momentum_at(0, steps=100, start=0.998, end=1.0) == pytest.approx(0.998)
-    assert ema_momentum_at(50, steps=100, start=0.998, end=1.0) == pytest.approx(0.999)
-    assert ema_momentum_at(100, steps=100, start=0.998, end=1.0) == pytest.approx(1.0)
-    assert ema_momentum_at(150, steps=100, start=0.998, end=1.0) == pytest.approx(1.0)
-    assert all(ema_momentum_at(s, steps=100, start=0.99925, end=0.99925) == 0.99925 for s in (0, 37, 100))
 
 
 @pytest.fixture(scope="module")

@@ -26,3 +26,9 @@ def test_quickstart_runs_both_stages(tmp_path, capsys):
     assert student["stage"] == "salt" and math.isfinite(student["last_loss"])
     out = capsys.readouterr().out
     assert "Stage 1 teacher" in out and "Stage 2 student" in out and "checkpoints" in out
+
+    # Run again: both stages are done; it says so instead of printing losses of no steps.
+    teacher, student = quickstart.main(toy)
+    out = capsys.readouterr().out
+    assert out.count("already finished at step 4; nothing to do") == 2 and "nan" not in out.lower()
+    assert student["steps_run"] == 0 and "last_loss" not in student

@@ -132,28 +132,13 @@ def test_render_clip_moves_in_direction(direction, shape):
 
 
 def test_render_clip_background_textured_and_deterministic():
+    def render(bg):
+        return render_clip(np.random.default_rng(5), 8, 64, 64, "square", (0, 0, 255), "up", background=bg)
+
     for bg in ("noise", "stripes", "checker"):
-        clip = render_clip(
-            np.random.default_rng(5),
-            8,
-            64,
-            64,
-            "square",
-            (0, 0, 255),
-            "up",
-            background=bg,
-        )
+        clip = render(bg)
         assert clip[0].reshape(-1, 3).std(axis=0).max() > 5, f"{bg} background is flat"
-        again = render_clip(
-            np.random.default_rng(5),
-            8,
-            64,
-            64,
-            "square",
-            (0, 0, 255),
-            "up",
-            background=bg,
-        )
+        again = render(bg)
         np.testing.assert_array_equal(clip, again)
     a = render_clip(np.random.default_rng(6), 8, 64, 64, "square", "blue", "up")
     assert not np.array_equal(a, clip)
@@ -228,15 +213,10 @@ def test_synthetic_clips_labels():
 
 
 def test_make_synthetic_dataset(tmp_path):
-    out = make_synthetic_dataset(
-        tmp_path / "ds",
-        num_videos=8,
-        frames=16,
-        height=64,
-        width=64,
-        seed=1,
-        val_fraction=0.5,
-    )
+    def make(root):
+        return make_synthetic_dataset(root, num_videos=8, frames=16, height=64, width=64, seed=1, val_fraction=0.5)
+
+    out = make(tmp_path / "ds")
     assert set(out) >= {
         "motion_train",
         "motion_val",
@@ -269,15 +249,7 @@ def test_make_synthetic_dataset(tmp_path):
         assert label == motion_label
         assert np.abs(video.astype(np.float64) - source.numpy()).mean() < 8
     # Deterministic given the seed.
-    again = make_synthetic_dataset(
-        tmp_path / "ds2",
-        num_videos=8,
-        frames=16,
-        height=64,
-        width=64,
-        seed=1,
-        val_fraction=0.5,
-    )
+    again = make(tmp_path / "ds2")
     assert again["motion_train"].read_text() == out["motion_train"].read_text()
 
 

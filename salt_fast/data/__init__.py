@@ -7,12 +7,13 @@ PyAV and pillow.
 
 from .decode import VideoDecodeError, VideoInfo, decode_frames, probe
 from .lists import Mixture, ShardedSampler, VideoList, is_image, shard
-from .loader import Batch, BatchCollator, StepBatchSampler, TooManyBadFiles, VideoClips, epoch_order, video_loader
+from .loader import DECODERS, Batch, BatchCollator, StepBatchSampler, TooManyBadFiles, VideoClips, epoch_order, video_loader
 from .sampling import clip_indices, eval_clip_starts, frame_step_for_fps
 from .synthetic import SyntheticClips, make_synthetic_dataset, render_clip, write_video
 from .transforms import EvalTransform, TrainTransform
 
 __all__ = [
+    "DECODERS",
     "Batch",
     "BatchCollator",
     "EvalTransform",

@@ -1,4 +1,4 @@
-"""NVIDIA DALI video pipeline for the SALT recipe (SPEC §5).
+"""NVIDIA DALI video pipeline for the SALT recipe (the paper's Table 5).
 
 Recipe: ``clip_frames`` (16) frames taken every ``frame_step`` (4) frames, a random resized
 crop to ``size`` x ``size`` (224) with area scale [0.3, 1.0] and aspect [0.75, 1.35] shared

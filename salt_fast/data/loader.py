@@ -30,6 +30,10 @@ from .sampling import clip_indices
 
 log = logging.getLogger("salt_fast.data")
 
+# Where training clips are decoded (config ``data.decoder``): this module's loader on CPU
+# workers, or NVIDIA DALI (``salt_fast.data.dali``; NVDEC on a GPU).
+DECODERS = ("cpu", "dali")
+
 
 class Sample(NamedTuple):
     """One decoded clip: ``clip`` float ``[3, T, H, W]`` (or ``[views, 3, T, H, W]``), its label,

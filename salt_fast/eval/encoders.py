@@ -14,6 +14,7 @@ Accepted sources:
 
 from __future__ import annotations
 
+import argparse
 import ast
 import json
 from dataclasses import dataclass
@@ -23,9 +24,15 @@ import torch
 from torch import nn
 
 from salt_fast import checkpoint as ckpt
+from salt_fast.config import config_from_dict
+from salt_fast.masking import MASK_SETS
 from salt_fast.models import Predictor, VisionTransformer, build_encoder
+from salt_fast.stages import STAGES, Stage
 
-__all__ = ["RunModels", "load_encoder", "load_run_models"]
+__all__ = ["WHICH", "RunModels", "add_encoder_args", "load_encoder", "load_run_models"]
+
+# Which encoder of a training run to read: the trained one, its teacher, or the stage's choice.
+WHICH = ("auto", "encoder", "teacher")
 
 
 def _parse_overrides(text: str | None) -> dict:
@@ -58,7 +65,7 @@ class RunModels:
     Stage-2/V-JEPA predictor or the Stage-1 pixel decoder.
     """
 
-    stage: str
+    stage: Stage
     step: int
     encoder: VisionTransformer
     predictor: Predictor
@@ -85,21 +92,16 @@ def load_run_models(path: str | Path) -> RunModels:
     The saved config decides the shapes, so the weights load strictly; a salt teacher is read
     from the export the config names (its frozen weights are not stored in the checkpoint).
     """
-    from salt_fast.config import config_from_dict
-    from salt_fast.train import MASK_CONFIGS, build_models
-
     path, state = _read_checkpoint(Path(path))
     if "config" not in state or "model" not in state:
         raise ckpt.CheckpointError(f"{path} is not a salt_fast training checkpoint (no 'config' / 'model' entries)")
     cfg = config_from_dict(state["config"])
-    learner, teacher = build_models(cfg, len(MASK_CONFIGS[cfg.masking.configs]))
+    stage = STAGES[cfg.stage]
+    learner, teacher = stage.build(cfg.model, len(MASK_SETS[cfg.masking.configs]))
     learner.load_state_dict(state["model"])
-    if cfg.stage == "vjepa":
-        teacher.load_state_dict(state["teacher"])
-    for module in (learner, teacher):
-        if module is not None:
-            module.eval().requires_grad_(False)
-    return RunModels(cfg.stage, int(state["step"]), learner.encoder, learner.head, teacher, state["config"], path)
+    stage.restore_extras(teacher, state)
+    learner.eval().requires_grad_(False)
+    return RunModels(stage, int(state["step"]), learner.encoder, learner.head, teacher, state["config"], path)
 
 
 def _vjepa2_encoder(path: Path, which: str) -> nn.Module:
@@ -118,6 +120,14 @@ def _vjepa2_encoder(path: Path, which: str) -> nn.Module:
     return encoder
 
 
+def add_encoder_args(parser: argparse.ArgumentParser) -> None:
+    """The ``--checkpoint`` / ``--which`` pair of every CLI that reads one encoder (see :func:`load_encoder`)."""
+    parser.add_argument("--checkpoint", required=True, help="encoder.safetensors, a training checkpoint / run dir, or random:PRESET")
+    parser.add_argument("--which", default="auto", choices=WHICH,
+                        help="which encoder of a training checkpoint (auto: the stage's choice, the EMA target encoder for V-JEPA, "
+                        "the trained encoder otherwise)")  # fmt: skip
+
+
 def load_encoder(source: str | Path, which: str = "auto") -> VisionTransformer:
     """An encoder in eval mode, frozen, on the CPU.
 
@@ -128,8 +138,8 @@ def load_encoder(source: str | Path, which: str = "auto") -> VisionTransformer:
             (the V-JEPA EMA target encoder or the Stage-2 teacher) or ``"auto"``: the EMA
             target encoder for V-JEPA runs (what V-JEPA 2 evaluates), the trained encoder otherwise.
     """
-    if which not in ("auto", "encoder", "teacher"):
-        raise ValueError(f"which must be 'auto', 'encoder' or 'teacher', got {which!r}")
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {', '.join(WHICH)}, got {which!r}")
     text = str(source)
     if text.startswith("random:"):
         with torch.random.fork_rng(devices=[]):  # a fixed init, without touching the caller's RNG
@@ -145,8 +155,8 @@ def load_encoder(source: str | Path, which: str = "auto") -> VisionTransformer:
             encoder = _vjepa2_encoder(path, which)
         else:
             run = load_run_models(path)
-            use_teacher = which == "teacher" or (which == "auto" and run.stage == "vjepa")
+            use_teacher = (run.stage.eval_encoder if which == "auto" else which) == "teacher"
             if use_teacher and run.teacher is None:
-                raise ValueError(f"{run.path} is a {run.stage!r} run: it has no teacher")
+                raise ValueError(f"{run.path} is a {run.stage.name!r} run: it has no teacher")
             encoder = run.teacher if use_teacher else run.encoder
     return encoder.eval().requires_grad_(False)

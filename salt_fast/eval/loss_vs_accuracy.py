@@ -16,9 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from salt_fast import checkpoint as ckpt
+from salt_fast.cli import HelpFormatter, one_line_errors
+from salt_fast.metrics import write_result
 
 from .encoders import load_run_models
-from .probe import PROTOCOLS, ProbeConfig, run_probe, write_result
+from .probe import PROTOCOLS, ProbeConfig, run_probe
 
 __all__ = ["checkpoint_losses", "linear_fit", "loss_vs_accuracy", "plot_loss_vs_accuracy"]
 
@@ -114,16 +116,22 @@ def loss_vs_accuracy(
     return {"points": points, "fit": fit, "plot": str(written) if written else None}
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description="Training loss vs probe accuracy across a run's checkpoints.")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m salt_fast.eval.loss_vs_accuracy", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--run", required=True, help="run directory (holds checkpoints/ and metrics.csv)")
-    parser.add_argument("--train-list", required=True)
-    parser.add_argument("--val-list", required=True)
-    parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--resolution", type=int, default=224)
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--out", default=None, help="results JSON (default RUN/loss_vs_accuracy.json; the plot goes beside it)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--train-list", required=True, help="probe training videos: 'path label' lines")
+    parser.add_argument("--val-list", required=True, help="probe validation videos: 'path label' lines")
+    fast = PROTOCOLS["fast"]
+    parser.add_argument("--frames", type=int, default=fast.frames, help="frames per clip of the fast-protocol probe")
+    parser.add_argument("--resolution", type=int, default=fast.resolution, help="clip side in pixels of the probe")
+    parser.add_argument("--epochs", type=int, default=fast.epochs, help="probe training epochs per checkpoint")
+    parser.add_argument("--out", default=None, help="results JSON (default: RUN/loss_vs_accuracy.json); the plot goes beside it")
+    return parser
+
+
+@one_line_errors()
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
     cfg = ProbeConfig.protocol("fast", frames=args.frames, resolution=args.resolution, epochs=args.epochs)
     out = Path(args.out) if args.out else Path(args.run) / "loss_vs_accuracy.json"
     result = loss_vs_accuracy(args.run, args.train_list, args.val_list, cfg, plot=out.with_suffix(".png"))

@@ -1,4 +1,4 @@
-"""Frozen attentive probe (SPEC §7): how good is an encoder's representation?
+"""Frozen attentive probe (the paper's Section 3 and Appendix D): how good is an encoder's representation?
 
     python -m salt_fast.eval.probe --checkpoint runs/x/encoder.safetensors \\
         --train-list train.txt --val-list val.txt [--protocol fast|full] [--out probe.json]
@@ -21,7 +21,6 @@ clips every epoch instead.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -40,17 +39,18 @@ from torch.utils.data import DataLoader, Dataset
 from salt_fast.data import EvalTransform, TrainTransform, VideoClips, VideoDecodeError, VideoList, decode_frames, probe
 from salt_fast.data.lists import is_image
 from salt_fast.data.sampling import clip_indices, eval_clip_starts
-from salt_fast.metrics import ProgressBar
+from salt_fast.cli import HelpFormatter, one_line_errors
+from salt_fast.metrics import ProgressBar, write_result
 from salt_fast.models.probe import AttentiveProbe
 from salt_fast.optim import lr_at, param_groups
+from salt_fast.runtime import autocast_for
 
-from .encoders import load_encoder
+from .encoders import add_encoder_args, load_encoder
 
 log = logging.getLogger("salt_fast.eval")
 
 __all__ = [
     "PROTOCOLS",
-    "autocast_for",
     "EvalClips",
     "ProbeConfig",
     "Features",
@@ -174,11 +174,6 @@ def _dist() -> tuple[int, int]:
     return 0, 1
 
 
-def autocast_for(device: torch.device):
-    """bf16 autocast for frozen-model evaluation on CUDA; a no-op elsewhere (fp32 on the CPU)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 @torch.no_grad()
 def encode(encoder: nn.Module, clips: Tensor) -> Tensor:
     """``clips [B, V, 3, T, H, W] -> tokens [B, V, N, D]`` (frozen encoder, every token)."""
@@ -217,7 +212,7 @@ def encode_dataset(
     )  # fmt: skip
     encoder.to(device)
     tokens, labels, order, skipped = [], [], [], 0
-    bar = ProgressBar(len(loader), enabled=show_progress and rank == 0, desc=desc)
+    bar = ProgressBar(len(loader), enabled=show_progress and rank == 0, desc=desc, unit="batch")
     for batch, bad in loader:
         skipped += bad
         if batch is not None:
@@ -292,7 +287,8 @@ def train_heads(
     optimizer = _optimizer(heads, cfg)
     steps = cfg.epochs * steps_per_epoch
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
-    bar = ProgressBar(steps, enabled=show_progress, desc="probe")
+    # One update per optimizer step (one batch through every head): epochs x steps_per_epoch in all.
+    bar = ProgressBar(steps, enabled=show_progress, desc="probe", unit="step")
     step, last = 0, torch.zeros(len(heads))
     for epoch in range(cfg.epochs):
         totals, count = torch.zeros(len(heads)), 0
@@ -430,39 +426,56 @@ def run_probe(
     }
 
 
-def write_result(path: str | Path, result: dict) -> Path:
-    """Write a CLI's results JSON (parent folders created); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    return path
+# ----------------------------------------------------------------------------- command line
 
 
 def _parse_floats(text: str) -> tuple[float, ...]:
     return tuple(float(v) for v in text.split(","))
 
 
+def _protocol_value(field: str) -> str:
+    """``"the protocol's, 16"`` or, where the protocols differ, ``"the protocol's: fast 1, full 8"``."""
+
+    def show(value) -> str:
+        return ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else str(value)
+
+    values = {name: show(getattr(cfg, field)) for name, cfg in sorted(PROTOCOLS.items())}
+    if len(set(values.values())) == 1:
+        return f"the protocol's, {next(iter(values.values()))}"
+    return "the protocol's: " + ", ".join(f"{name} {value}" for name, value in values.items())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m salt_fast.eval.probe", description=__doc__, formatter_class=HelpFormatter)
+    add_encoder_args(parser)
+    parser.add_argument("--train-list", required=True, help="training videos: 'path label' lines")
+    parser.add_argument("--val-list", required=True, help="validation videos: 'path label' lines")
+    parser.add_argument("--protocol", default="fast", choices=sorted(PROTOCOLS), help="probe protocol the flags below override")
+    parser.add_argument("--out", default=None,
+                        help="results JSON (default: probe_<protocol>.json in the checkpoint's parent folder; in . for random:PRESET)")
+
+    def protocol_flag(flag: str, text: str, type=int) -> None:  # default None: the protocol's value
+        field = flag[2:].replace("-", "_")
+        parser.add_argument(flag, type=type, help=f"{text} (default: {_protocol_value(field)})")
+
+    protocol_flag("--frames", "frames per clip")
+    protocol_flag("--frame-step", "stride between the frames of a clip")
+    protocol_flag("--resolution", "clip side in pixels (short side resized to it, then cropped)")
+    protocol_flag("--num-clips", "clips per video, evenly spaced")
+    protocol_flag("--num-views", "spatial views per clip (1 or 3)")
+    protocol_flag("--epochs", "probe training epochs")
+    protocol_flag("--batch-size", "probe training batch size (clip-views)")
+    protocol_flag("--lrs", "comma-separated peak learning rates of the sweep, e.g. 1e-3,3e-4", _parse_floats)
+    protocol_flag("--wds", "comma-separated weight decays of the sweep, e.g. 0.1,0.01", _parse_floats)
+    parser.add_argument("--augment", action="store_true", help="random crops every epoch, re-encoded (no feature cache)")
+    protocol_flag("--num-workers", "data-loading worker processes")
+    protocol_flag("--seed", "seed of the probe heads and the batch order")
+    return parser
+
+
+@one_line_errors()
 def main(argv: Sequence[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description="Frozen attentive probe of a salt_fast encoder.")
-    parser.add_argument("--checkpoint", required=True, help="encoder.safetensors, a training checkpoint / run dir, or random:PRESET")
-    parser.add_argument("--which", default="auto", choices=("auto", "encoder", "teacher"), help="which encoder of a training checkpoint")
-    parser.add_argument("--train-list", required=True, help="'path label' lines")
-    parser.add_argument("--val-list", required=True)
-    parser.add_argument("--protocol", default="fast", choices=sorted(PROTOCOLS))
-    parser.add_argument("--out", default=None, help="results JSON (default: probe_<protocol>.json next to the checkpoint)")
-    parser.add_argument("--frames", type=int)
-    parser.add_argument("--frame-step", type=int)
-    parser.add_argument("--resolution", type=int)
-    parser.add_argument("--num-clips", type=int)
-    parser.add_argument("--num-views", type=int)
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lrs", type=_parse_floats, help="comma-separated, e.g. 1e-3,3e-4")
-    parser.add_argument("--wds", type=_parse_floats)
-    parser.add_argument("--augment", action="store_true", help="random crops every epoch (no feature cache)")
-    parser.add_argument("--num-workers", type=int)
-    parser.add_argument("--seed", type=int)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
 
     fields = ("frames", "frame_step", "resolution", "num_clips", "num_views", "epochs", "batch_size", "lrs", "wds", "num_workers", "seed")
     overrides = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}

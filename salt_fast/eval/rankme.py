@@ -16,8 +16,11 @@ from torch import Tensor, nn
 
 from salt_fast.data import VideoList
 
-from .encoders import load_encoder
-from .probe import ProbeConfig, encode_dataset, write_result
+from salt_fast.cli import HelpFormatter, one_line_errors
+from salt_fast.metrics import write_result
+
+from .encoders import add_encoder_args, load_encoder
+from .probe import ProbeConfig, encode_dataset
 
 __all__ = ["encoder_rankme", "rankme"]
 
@@ -48,16 +51,20 @@ def encoder_rankme(
     }
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m salt_fast.eval.rankme", description=__doc__, formatter_class=HelpFormatter)
+    add_encoder_args(parser)
+    parser.add_argument("--list", required=True, help="videos to embed: 'path label' lines (labels unused)")
+    parser.add_argument("--frames", type=int, default=16, help="frames per clip")
+    parser.add_argument("--frame-step", type=int, default=4, help="stride between the frames of a clip")
+    parser.add_argument("--resolution", type=int, default=224, help="clip side in pixels (short side resized to it, then cropped)")
+    parser.add_argument("--out", default=None, help="results JSON (default: none, the result is only printed)")
+    return parser
+
+
+@one_line_errors()
 def main(argv: Sequence[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description="RankMe of an encoder's pooled clip embeddings.")
-    parser.add_argument("--checkpoint", required=True, help="encoder.safetensors, a training checkpoint / run dir, or random:PRESET")
-    parser.add_argument("--which", default="auto", choices=("auto", "encoder", "teacher"))
-    parser.add_argument("--list", required=True, help="'path label' lines (labels unused)")
-    parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--frame-step", type=int, default=4)
-    parser.add_argument("--resolution", type=int, default=224)
-    parser.add_argument("--out", default=None, help="results JSON")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     cfg = ProbeConfig(frames=args.frames, frame_step=args.frame_step, resolution=args.resolution)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     result = encoder_rankme(load_encoder(args.checkpoint, args.which), VideoList.from_file(args.list), cfg, device)

@@ -1,4 +1,4 @@
-"""Intuitive-physics surprise (SPEC §7): how badly does the model predict what happens next?
+"""Intuitive-physics surprise (the paper's Appendix E.1): how badly does the model predict what happens next?
 
 A window of ``context_frames + predict_frames`` frames slides over the video (``stride``
 frames apart). The encoder sees the context frames' tokens; the predictor predicts the
@@ -26,10 +26,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from salt_fast.data import EvalTransform, decode_frames, probe
+from salt_fast.cli import HelpFormatter, UsageError, one_line_errors
 from salt_fast.metrics import ProgressBar
 
 from .encoders import load_run_models
-from .probe import autocast_for, write_result
+from salt_fast.metrics import write_result
+from salt_fast.runtime import autocast_for
+
 
 __all__ = ["pair_accuracy", "read_pairs", "video_surprise", "window_surprise"]
 
@@ -126,27 +129,32 @@ def pair_accuracy(surprise_possible: Sequence[float], surprise_impossible: Seque
     return 100.0 * wins / len(surprise_possible)
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description="Surprise of a Stage-2 (or V-JEPA) run on possible/impossible video pairs.")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m salt_fast.eval.surprise", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a salt or vjepa training checkpoint, or its run directory")
     parser.add_argument("--pairs", required=True, help="'possible_path impossible_path' lines")
-    parser.add_argument("--context-frames", type=int, default=8)
-    parser.add_argument("--predict-frames", type=int, default=8)
-    parser.add_argument("--stride", type=int, default=2)
+    parser.add_argument("--context-frames", type=int, default=8, help="frames the encoder sees (a multiple of the tubelet size)")
+    parser.add_argument("--predict-frames", type=int, default=8, help="frames predicted after them (a multiple of the tubelet size)")
+    parser.add_argument("--stride", type=int, default=2, help="frames between the starts of consecutive windows")
     parser.add_argument("--frame-step", type=int, default=1, help="use every n-th frame of the videos")
-    parser.add_argument("--resolution", type=int, default=224)
-    parser.add_argument("--reduce", default="mean", choices=("mean", "max"))
-    parser.add_argument("--out", default=None, help="results JSON")
-    args = parser.parse_args(argv)
+    parser.add_argument("--resolution", type=int, default=224, help="frame side in pixels (short side resized to it, then cropped)")
+    parser.add_argument("--reduce", default="mean", choices=("mean", "max"), help="how a video's surprise comes from its windows' surprises")
+    parser.add_argument("--out", default=None, help="results JSON (default: none, the result is only printed)")
+    return parser
+
+
+@one_line_errors()
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
 
     run = load_run_models(args.checkpoint)
-    if run.teacher is None:
-        raise ValueError(f"{run.path} is a {run.stage!r} run: surprise needs a predictor of latents (a salt or vjepa run)")
+    if not run.stage.predicts_latents:
+        raise UsageError(f"{run.path} is a {run.stage.name!r} run: surprise needs a predictor of latents (a salt or vjepa run)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     models = [m.to(device) for m in (run.encoder, run.predictor, run.teacher)]
     pairs = read_pairs(args.pairs)
     scores: list[dict] = []
-    bar = ProgressBar(len(pairs), desc="surprise")
+    bar = ProgressBar(len(pairs), desc="surprise", unit="pair")
     for possible, impossible in pairs:
         row = {}
         for name, path in (("possible", possible), ("impossible", impossible)):

@@ -1,4 +1,4 @@
-"""The attentive probe: a small trainable head on frozen encoder tokens (SPEC §2, §7).
+"""The attentive probe: a small trainable head on frozen encoder tokens (the paper's Appendix D).
 
 3 self-attention blocks (no RoPE: the encoder's tokens already carry their positions), then
 one cross-attention block in which a single learned query attends to the tokens, then a

@@ -18,12 +18,19 @@ from torch.utils.checkpoint import checkpoint
 
 from typing import NamedTuple
 
-from salt_fast.kernels._dispatch import use_triton
+from salt_fast.kernels import use_triton
 from salt_fast.kernels.masked_tokens import gather_tokens
 from salt_fast.kernels.rope3d import MODES, rope3d_cos_sin, rope3d_qkv_
 
 Grid = tuple[int, int, int]
+# A runtime choice, not part of the weights: modules take it as an argument, ViTConfig does not hold it.
 ATTENTION_BACKENDS = ("sdpa", "flash_attn", "xformers")
+
+
+def check_attention_backend(backend: str) -> str:
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r} (attn_backend must be one of {ATTENTION_BACKENDS})")
+    return backend
 
 
 @dataclass(frozen=True)
@@ -41,7 +48,6 @@ class ViTConfig:
     qkv_bias: bool = True
     norm_eps: float = 1e-6
     init_std: float = 0.02
-    attn_backend: str = "sdpa"  # see attention(); a runtime choice, not part of the weights
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "depth", "num_heads", "mlp_hidden", "patch_size", "tubelet_size", "in_chans"):
@@ -52,15 +58,13 @@ class ViTConfig:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.rope_mode not in MODES:
             raise ValueError(f"rope_mode must be one of {MODES}, got {self.rope_mode!r}")
-        if self.attn_backend not in ATTENTION_BACKENDS:
-            raise ValueError(f"attn_backend must be one of {ATTENTION_BACKENDS}, got {self.attn_backend!r}")
 
     @property
     def head_dim(self) -> int:
         return self.embed_dim // self.num_heads
 
 
-# SPEC §2. The MLP widths of g and G are the ones that reproduce the paper's parameter
+# The paper's Table 3. The MLP widths of g and G are the ones that reproduce its parameter
 # counts; V-JEPA 2's own giant is vit_g with num_heads=22 (head_dim 64).
 ENCODER_PRESETS: dict[str, ViTConfig] = {
     "vit_tiny": ViTConfig(embed_dim=192, depth=12, num_heads=3, mlp_hidden=768),
@@ -123,9 +127,7 @@ def attention(qkv: Tensor, valid: Tensor | None = None, backend: str = "sdpa") -
         mask = None if valid is None else valid[:, None, None, :]
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
         return out.transpose(1, 2)
-    if backend not in ATTENTION_BACKENDS:
-        raise ValueError(f"unknown attention backend {backend!r}; expected one of {ATTENTION_BACKENDS}")
-    ops = _import_backend(backend)
+    ops = _import_backend(check_attention_backend(backend))
     if backend == "flash_attn":
         if valid is None:
             return ops.flash_attn_qkvpacked_func(qkv)
@@ -145,12 +147,15 @@ class Rope(NamedTuple):
 
     ``cos_sin`` holds the reference path's tables, built once per forward and shared by all
     layers and heads; the Triton path decodes positions from ``ids`` in-kernel and leaves it None.
+    ``check_ids``: whether this layer's RoPE checks that the ids lie on the grid (one layer per
+    forward at most; see :func:`forward_blocks`).
     """
 
     ids: Tensor | None
     grid: Grid
     mode: str
     cos_sin: tuple[Tensor, Tensor] | None = None
+    check_ids: bool = False
 
 
 class Attention(nn.Module):
@@ -159,7 +164,7 @@ class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, backend: str = "sdpa") -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.backend = backend
+        self.backend = check_attention_backend(backend)
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
@@ -168,7 +173,7 @@ class Attention(nn.Module):
         B, N, D = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads)
         if rope is not None:  # in place on the projection output: no copies of q and k
-            qkv = rope3d_qkv_(qkv, rope.ids, rope.grid, rope.mode, cos_sin=rope.cos_sin)
+            qkv = rope3d_qkv_(qkv, rope.ids, rope.grid, rope.mode, cos_sin=rope.cos_sin, check_ids=rope.check_ids)
         return self.proj(attention(qkv, valid, self.backend).reshape(B, N, D))
 
 
@@ -186,10 +191,10 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-LayerNorm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
 
-    def __init__(self, cfg: ViTConfig) -> None:
+    def __init__(self, cfg: ViTConfig, attn_backend: str = "sdpa") -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
-        self.attn = Attention(cfg.embed_dim, cfg.num_heads, cfg.qkv_bias, cfg.attn_backend)
+        self.attn = Attention(cfg.embed_dim, cfg.num_heads, cfg.qkv_bias, attn_backend)
         self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         self.mlp = MLP(cfg.embed_dim, cfg.mlp_hidden)
 
@@ -199,20 +204,32 @@ class Block(nn.Module):
 
 
 def forward_blocks(
-    blocks: nn.ModuleList, x: Tensor, ids: Tensor | None, grid: Grid, cfg: ViTConfig, valid: Tensor | None = None
-) -> Tensor:
+    blocks: nn.ModuleList, x: Tensor, ids: Tensor | None, grid: Grid, cfg: ViTConfig, valid: Tensor | None = None,
+    check_ids: bool = True,
+) -> Tensor:  # fmt: skip
     """Run RoPE blocks over tokens named by flat ids; shared by the encoder and the predictor.
 
     x: ``[B, N, D]``; ids: ``[B, N]`` or None (full grid in order); valid: bool ``[B, N]``,
     False for padding slots, which no token attends to. On the reference path the RoPE tables
-    are built once here and shared by every layer and head.
+    are built once here and shared by every layer and head. ``check_ids``: check once (on the
+    device, no host sync) that the ids lie on ``grid``; False when the caller already did.
     """
-    cos_sin = None if use_triton(x) else rope3d_cos_sin(ids, grid, cfg.head_dim, cfg.rope_mode, device=x.device)
+    triton = use_triton(x)
+    cos_sin = None if triton else rope3d_cos_sin(ids, grid, cfg.head_dim, cfg.rope_mode, device=x.device, check_ids=check_ids)
     rope = Rope(ids, grid, cfg.rope_mode, cos_sin)
     recompute = getattr(blocks, "activation_checkpointing", False) and torch.is_grad_enabled()
-    for block in blocks:
-        x = checkpoint(block, x, rope, valid, use_reentrant=False) if recompute else block(x, rope, valid)
+    for i, block in enumerate(blocks):
+        layer = rope._replace(check_ids=check_ids and triton and i == 0)  # the Triton path checks in its first layer
+        x = checkpoint(block, x, layer, valid, use_reentrant=False) if recompute else block(x, layer, valid)
     return x
+
+
+def set_attention_backend(module: nn.Module, backend: str) -> None:
+    """Run every attention layer of ``module`` with ``backend`` (see :func:`attention`)."""
+    check_attention_backend(backend)
+    for child in module.modules():
+        if isinstance(child, Attention):
+            child.backend = backend
 
 
 def set_activation_checkpointing(module: nn.Module, enabled: bool = True) -> None:
@@ -257,15 +274,16 @@ class VisionTransformer(nn.Module):
 
     ``forward(video [B, C, T, H, W], ids [B, K] | None) -> [B, K, D]``: patch-embeds the clip,
     keeps the tokens at ``ids`` (all tokens when ``ids`` is None), runs the blocks with 3D
-    RoPE at those tokens' positions, and applies the final LayerNorm.
+    RoPE at those tokens' positions, and applies the final LayerNorm. ``attn_backend`` is how
+    attention runs (:data:`ATTENTION_BACKENDS`), not part of the weights.
     """
 
-    def __init__(self, cfg: ViTConfig) -> None:
+    def __init__(self, cfg: ViTConfig, attn_backend: str = "sdpa") -> None:
         super().__init__()
         self.cfg = cfg
         self.embed_dim = cfg.embed_dim
         self.patch_embed = PatchEmbed3D(cfg)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(Block(cfg, attn_backend) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         init_weights(self, self.blocks, cfg.init_std)
 
@@ -282,19 +300,23 @@ class VisionTransformer(nn.Module):
             )
         return frames // sizes[0], height // sizes[1], width // sizes[2]
 
-    def forward(self, video: Tensor, ids: Tensor | None = None, valid: Tensor | None = None) -> Tensor:
+    def forward(
+        self, video: Tensor, ids: Tensor | None = None, valid: Tensor | None = None, *, check_ids: bool = True
+    ) -> Tensor:
         """video: ``[B, C, T, H, W]``; ids: ``[B, K]`` visible flat ids or None; valid: bool ``[B, K]``.
 
-        Returns ``[B, K, D]`` (``K = T*H*W / (tubelet*patch^2)`` when ids is None).
+        Returns ``[B, K, D]`` (``K = T*H*W / (tubelet*patch^2)`` when ids is None). ``check_ids``:
+        check on the device (no host sync) that the ids lie on the clip's grid; skip it
+        (``False``) for ids that are right by construction, e.g. from ``MaskSampler``.
         """
         grid = self.token_grid(video.shape)
         x = self.patch_embed(video)
         if ids is not None:
-            x = gather_tokens(x, ids)
-        return self.norm(forward_blocks(self.blocks, x, ids, grid, self.cfg, valid))
+            x = gather_tokens(x, ids, check_ids=check_ids)  # ids in [0, T*H*W): RoPE need not check again
+        return self.norm(forward_blocks(self.blocks, x, ids, grid, self.cfg, valid, check_ids=False))
 
 
-def build_encoder(name: str = "vit_l", **overrides) -> VisionTransformer:
+def build_encoder(name: str = "vit_l", attn_backend: str = "sdpa", **overrides) -> VisionTransformer:
     """Encoder from a preset name (``vit_tiny ... vit_G``), with any ViTConfig field overridden.
 
     Build on the meta device to inspect the giants without memory:
@@ -302,4 +324,4 @@ def build_encoder(name: str = "vit_l", **overrides) -> VisionTransformer:
     """
     if name not in ENCODER_PRESETS:
         raise ValueError(f"unknown encoder {name!r}; presets: {', '.join(ENCODER_PRESETS)}")
-    return VisionTransformer(replace(ENCODER_PRESETS[name], **overrides))
+    return VisionTransformer(replace(ENCODER_PRESETS[name], **overrides), attn_backend)

@@ -185,7 +185,7 @@ RANDOM_TUBE: tuple[MaskConfig, ...] = (RandomTube(0.9),)
 # Paper ablation: random tubes at the expected masked fraction of SHORT_RANGE / LONG_RANGE on
 # 8x14x14. Measured with this sampler: mean masked fraction over 20,016 samples (seed 0, steps
 # 0..833 at batch 24; both backends are identical): 0.62673 / 0.81157, rounded to 3 decimals;
-# tests/test_masking.py re-measures them. The often quoted 73% / 91% are 1 - (1 - scale)**n,
+# tests/data/test_masking.py re-measures them. The often quoted 73% / 91% are 1 - (1 - scale)**n,
 # which assumes independent uniform coverage; blocks must fit inside the grid, so border tokens
 # are covered less often and the true expectation is lower. An independent simulation of V-JEPA
 # 2's collator algorithm also gives 0.627 / 0.813, and after "min" truncation at batch 24 this

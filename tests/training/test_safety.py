@@ -20,7 +20,7 @@ from salt_fast.models import build_encoder
 from salt_fast.runtime import NonFiniteLoss, build_run, masks_to, setup_runtime, train_step
 from salt_fast.masking import MaskSampler
 from salt_fast.train import main, train
-from test_train import TINY_SHAPE, tiny
+from support import TINY_SHAPE, tiny
 
 # ----------------------------------------------------------------------------- checkpoints run no code
 

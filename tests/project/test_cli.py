@@ -7,13 +7,12 @@ import importlib.util
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from salt_fast.eval import loss_vs_accuracy, probe, rankme, surprise
+from support import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 SCRIPTS = ("data", "flops", "kernels", "masking", "probe_length", "report", "reproduce_small", "throughput")
 EVAL_TOOLS = {"probe": probe, "rankme": rankme, "surprise": surprise, "loss_vs_accuracy": loss_vs_accuracy}

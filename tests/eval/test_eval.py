@@ -23,6 +23,7 @@ from salt_fast.eval.probe import Features, ProbeConfig, build_heads, evaluate_he
 from salt_fast.models import build_encoder, build_predictor
 from salt_fast.models.probe import AttentiveProbe
 from salt_fast.train import train
+from support import ROOT
 
 TINY = {"depth": 1, "embed_dim": 48, "num_heads": 2, "mlp_hidden": 96}
 SMALL_PROBE = dict(frames=4, frame_step=2, resolution=32, batch_size=8, num_heads=4, num_workers=0, encode_batch_size=4)
@@ -343,7 +344,7 @@ def test_vjepa2_checkpoints_load_their_target_encoder(tmp_path):
 
 
 def test_reproduce_small_runs_end_to_end_at_toy_size(tmp_path):
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce_small.py"
+    script = ROOT / "benchmarks" / "reproduce_small.py"
     out = tmp_path / "repro.json"
     args = [
         "--steps", "6", "--depth", "1", "--videos", "16", "--frames", "4", "--resolution", "32", "--batch-size", "2",

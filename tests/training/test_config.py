@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from salt_fast.config import ConfigError, TrainConfig, describe_config, load_config, save_config
+from support import ROOT
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = ROOT / "configs"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 
 

@@ -18,37 +18,7 @@ from salt_fast.masking import MaskSampler
 from salt_fast.models import build_encoder
 from salt_fast.stages import STAGES
 from salt_fast.train import train
-
-TINY_SHAPE = {"depth": 1, "embed_dim": 48, "num_heads": 2, "mlp_hidden": 96}
-
-
-def tiny(out, synthetic, stage="pixel", **extra):
-    overrides = {
-        "stage": stage,
-        "output_dir": str(out),
-        "model.encoder": "vit_tiny",
-        "model.teacher": "vit_tiny",
-        "model.encoder_overrides": TINY_SHAPE,
-        "model.teacher_overrides": TINY_SHAPE,
-        "model.predictor_overrides": {"embed_dim": 48, "depth": 1, "num_heads": 2, "mlp_hidden": 96},
-        "data.frames": 4,
-        "data.resolution": 32,
-        "data.batch_size": 2,
-        "data.num_workers": 0,
-        "data.synthetic_videos": 8,
-        "data.synthetic_dir": str(synthetic),
-        "optim.steps": 6,
-        "optim.warmup_steps": 2,
-        "optim.lr_peak": 1e-3,
-        "optim.grad_clip": 1.0,
-        "checkpoint.every": 2,
-        "log.every": 1,
-        "log.tensorboard": False,
-        "log.progress": False,
-        **extra,
-    }
-    return [f"{k}={v}" for k, v in overrides.items()]
-
+from support import TINY_SHAPE, tiny
 
 def losses(out):
     """step -> loss from metrics.csv; a resumed run's rows replace the killed run's."""

@@ -13,17 +13,16 @@ import subprocess
 import sys
 import textwrap
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import salt_fast.kernels as K
 import torch
 from salt_fast.kernels import _dispatch
 from torch.utils._python_dispatch import TorchDispatchMode
+from support import ROOT
 
 pytest.importorskip("triton")
 
-ROOT = Path(__file__).resolve().parents[1]
 PATHS = ["reference", "triton"]
 ID_ERRORS = (RuntimeError, ValueError)  # the async check raises RuntimeError on CPU, debug mode ValueError
 GRID = (2, 2, 2)  # 8 tokens

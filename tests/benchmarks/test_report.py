@@ -4,9 +4,8 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+from support import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_report_from_committed_results_and_a_gpu_throughput_record(tmp_path):

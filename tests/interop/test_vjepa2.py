@@ -7,7 +7,6 @@ app/vjepa/train.py), not from its code: ``vjepa2_*_state`` write checkpoints in 
 """
 
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,8 +22,8 @@ from salt_fast.vjepa2 import (
     matching_preset,
     save_vjepa2_checkpoint,
 )
+from support import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 P = "module.backbone."  # DistributedDataParallel(MultiSeqWrapper(model)).state_dict()
 
 # ----------------------------------------------------------------------------- V-JEPA 2 layout

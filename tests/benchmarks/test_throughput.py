@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "vit_tiny", "--teacher", "vit_tiny", "--depth", "1", "--batch-size", "2",
         "--frames", "4", "--resolution", "32", "--steps", "2"]  # fmt: skip
 RUN_KEYS = {

@@ -18,6 +18,7 @@ from salt_fast.data import (
 )
 from salt_fast.data.loader import epoch_order
 from salt_fast.masking import MaskSampler
+from support import ROOT
 
 FRAMES, STEP, SIZE = 8, 2, 32
 GRID = (FRAMES // 2, SIZE // 16, SIZE // 16)
@@ -135,9 +136,8 @@ def test_data_benchmark_runs(tmp_path):
     import json
     import subprocess
     import sys
-    from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "data.py"
+    script = ROOT / "benchmarks" / "data.py"
     out = tmp_path / "data.json"
     args = ["--videos", "4", "--frames", "24", "--batches", "1", "--batch-size", "2", "--workers", "0", "--out", str(out)]
     done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)

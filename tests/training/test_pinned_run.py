@@ -13,7 +13,7 @@ from salt_fast import checkpoint as ckpt
 from salt_fast.config import load_config
 from salt_fast.models import build_encoder
 from salt_fast.train import train
-from test_train import TINY_SHAPE, tiny
+from support import TINY_SHAPE, tiny
 
 # (loss, grad_norm) at steps 1..6 of `tiny(stage)` with the teacher below, on 2-core x86 CPUs.
 PINNED = {

@@ -17,8 +17,8 @@ from salt_fast.masking import MASK_SETS, TRUNCATION_POLICIES
 from salt_fast.models.vit import ATTENTION_BACKENDS
 from salt_fast.runtime import DISTRIBUTED, PRECISIONS
 from salt_fast.stages import STAGES, SaltStage
+from support import ROOT, TINY_SHAPE, tiny
 
-ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [p for d in ("salt_fast", "benchmarks", "kernels") for p in (ROOT / d).rglob("*.py")]
 
 
@@ -109,7 +109,6 @@ def test_a_new_stage_is_one_class_and_a_registry_entry(monkeypatch, tmp_path):
     from salt_fast import checkpoint as ckpt
     from salt_fast.models import build_encoder
     from salt_fast.train import train
-    from test_train import TINY_SHAPE, tiny
 
     monkeypatch.setitem(STAGES, "salt_l2", SaltL2Stage())
     teacher = tmp_path / "teacher.safetensors"

@@ -10,6 +10,7 @@ from salt_fast.stages import STAGES
 from salt_fast.masking import MaskSampler
 from salt_fast.models import build_encoder, build_pixel_decoder, build_predictor
 from salt_fast.objectives import pixel_loss, salt_loss
+from support import ROOT
 
 
 def counted(fn):
@@ -69,9 +70,8 @@ def test_peak_is_unknown_on_cpu():
 
 def test_six_nd_reproduces_the_papers_tables():
     import importlib.util
-    from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("flops_tables", Path(__file__).resolve().parents[1] / "benchmarks" / "flops.py")
+    spec = importlib.util.spec_from_file_location("flops_tables", ROOT / "benchmarks" / "flops.py")
     tables = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tables)
     rows = {r["name"]: r for r in tables.tables(tables.PAPER_N, tables.N_P, tables.N_P)}

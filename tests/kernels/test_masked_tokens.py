@@ -128,7 +128,7 @@ def test_gather_empty(monkeypatch):
 
 def test_gather_ids_contract(monkeypatch):
     """Unchecked (check_ids=False) out-of-range ids read zeros and drop their gradient; checked ones
-    raise (tests/test_kernel_inputs.py); SALT_FAST_DEBUG=1 raises even unchecked, and on duplicates."""
+    raise (tests/kernels/test_kernel_inputs.py); SALT_FAST_DEBUG=1 raises even unchecked, and on duplicates."""
     monkeypatch.setenv("SALT_FAST_KERNELS", "triton")
     x = torch.randn(1, 6, 100, requires_grad=True)
     bad = torch.tensor([[2, 6, -1]])

@@ -253,3 +253,8 @@ def test_every_field_has_help():
                 walk(f.default_factory)
 
     walk(TrainConfig)
+
+
+def test_readme_lists_every_key_as_describe_config_does():
+    readme = (ROOT / "README.md").read_text()
+    assert describe_config() in readme, "README's config table is stale: paste python -m salt_fast.config --describe"

@@ -114,8 +114,12 @@ def log_row(run: Run, result: StepResult, loss: float, rates: dict, skipped: int
 
 def describe(summary: dict) -> str:
     """What a run did and where its outputs are, for people (rank 0's summary)."""
-    done = (f"loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f} over {summary['steps_run']} steps"
-            if "last_loss" in summary else "already finished; nothing to do")  # fmt: skip
+    if "last_loss" not in summary:
+        done = "already finished; nothing to do"
+    else:
+        resumed = summary["steps_run"] < summary["steps"]
+        done = f"loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f}" + (
+            f" over the last {summary['steps_run']} (resumed)" if resumed else "")  # fmt: skip
     return (
         f"{summary['stage']}: {summary['steps']} steps, {done}\n  encoder     {summary['encoder']}\n"
         f"  checkpoints {summary['checkpoints']}\n  metrics     {summary['metrics']}\n  plot        {summary['plot']}"

@@ -36,7 +36,7 @@ from salt_fast.kernels.rope3d import MODES as ROPE_MODES
 from salt_fast.masking import MASK_SETS, TRUNCATION_POLICIES
 from salt_fast.models import ENCODER_PRESETS, PREDICTOR_CONFIG, ViTConfig
 from salt_fast.models.vit import ATTENTION_BACKENDS
-from salt_fast.runtime import DISTRIBUTED, PRECISIONS
+from salt_fast.runtime import COMPILE_MODES, DISTRIBUTED, PRECISIONS
 from salt_fast.stages import STAGES
 
 __all__ = [
@@ -138,6 +138,7 @@ class OptimConfig:
 class RuntimeConfig:
     precision: str = _f("auto", help="auto is bf16 autocast on GPU, fp32 on CPU", choices=PRECISIONS)
     compile: bool = _f(False, help="torch.compile the models")
+    compile_mode: str = _f("default", help="torch.compile mode (reduce-overhead: CUDA graphs)", choices=COMPILE_MODES)
     activation_checkpointing: bool = _f(False, help="recompute transformer blocks in the backward pass")
     distributed: str = _f("ddp", help="data parallelism", choices=DISTRIBUTED)
     kernels: str = _f("auto", help="kernel implementation (sets SALT_FAST_KERNELS)", choices=KERNEL_CHOICES)

@@ -205,6 +205,7 @@ class ProgressBar:
         self._start = clock()
         self._last_print = self._start
         self._tqdm = None
+        self._postfix: dict = {}
         if not enabled:
             return
         try:
@@ -237,18 +238,20 @@ class ProgressBar:
         return " | ".join(parts)
 
     def update(self, n: int = 1, **postfix) -> None:
+        """Advance by ``n``; ``postfix`` values replace the shown ones (kept until replaced)."""
         self.n += n
         if not self.enabled:
             return
+        self._postfix.update(postfix)
         if self._tqdm is not None:
             if postfix:
-                self._tqdm.set_postfix({k: _fmt_value(v) for k, v in postfix.items()}, refresh=False)
+                self._tqdm.set_postfix({k: _fmt_value(v) for k, v in self._postfix.items()}, refresh=False)
             self._tqdm.update(n)
             return
         now = self._clock()
         if now - self._last_print >= self.print_every or self.n >= self.total:
             self._last_print = now
-            print(self.format(**postfix), file=self._file or sys.stdout, flush=True)
+            print(self.format(**self._postfix), file=self._file or sys.stdout, flush=True)
 
     def close(self) -> None:
         if self._tqdm is not None:

@@ -130,8 +130,10 @@ def build_optimizer(
 ) -> torch.optim.AdamW:
     """AdamW over ``param_groups(*modules)``.
 
-    ``fused=None`` picks the fused kernel when every parameter is a floating tensor on CUDA,
-    and otherwise leaves torch's default (the foreach implementation where supported).
+    ``fused=None`` picks the fused kernel when every parameter is a floating tensor on CUDA or
+    the CPU (torch has both): one kernel per step and no host sync, and it skips the update on
+    the device when the optimizer's ``found_inf`` is set (see ``runtime.train_step``).
+    Otherwise torch's default (the foreach implementation where supported).
     """
     groups = param_groups(*_as_modules(modules))
     if not groups:
@@ -141,7 +143,7 @@ def build_optimizer(
             g["weight_decay"] = weight_decay
     if fused is None:
         params = [p for g in groups for p in g["params"]]
-        fused = all(p.is_cuda and p.is_floating_point() for p in params)
+        fused = all(p.device.type in ("cuda", "cpu") and p.is_floating_point() for p in params)
     kwargs = {"fused": True} if fused else {}
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **kwargs)
 
@@ -170,10 +172,12 @@ def set_schedules(
 
 
 @torch.no_grad()
-def ema_update(target: nn.Module, source: nn.Module, momentum: float) -> None:
+def ema_update(target: nn.Module, source: nn.Module, momentum: float, apply: torch.Tensor | None = None) -> None:
     """``target = momentum * target + (1 - momentum) * source`` for every parameter, in place
     (V-JEPA's ``_foreach_mul_`` / ``_foreach_add_``); buffers are copied from ``source``.
 
+    ``apply``: an optional 0-dim bool tensor; where it is False nothing changes. Decided on the
+    device, so a training step that was not applied skips its EMA update without a host sync.
     The two modules must have the same parameter and buffer names and shapes.
     """
     if not 0.0 <= momentum <= 1.0:
@@ -186,11 +190,12 @@ def ema_update(target: nn.Module, source: nn.Module, momentum: float) -> None:
     for (name, t), s in zip(t_named, s_params):
         if t.shape != s.shape:
             raise ValueError(f"parameter {name}: target shape {tuple(t.shape)} != source shape {tuple(s.shape)}")
-    if t_params and momentum != 1.0:
-        torch._foreach_mul_(t_params, momentum)
-        torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
     t_bufs, s_bufs = dict(target.named_buffers()), dict(source.named_buffers())
     if t_bufs.keys() != s_bufs.keys():
         raise ValueError("target and source have different buffers")
+    keep = momentum if apply is None else torch.where(apply, momentum, 1.0).to(torch.float32)  # 1: skipped
+    if t_params:
+        torch._foreach_mul_(t_params, keep)
+        torch._foreach_add_(t_params, torch._foreach_mul(s_params, 1.0 - keep))
     for name, buf in t_bufs.items():
-        buf.copy_(s_bufs[name])
+        buf.copy_(s_bufs[name] if apply is None else torch.where(apply, s_bufs[name], buf))

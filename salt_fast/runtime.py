@@ -44,9 +44,11 @@ if TYPE_CHECKING:
     from salt_fast.config import RuntimeConfig, TrainConfig
 
 __all__ = [
+    "COMPILE_MODES",
     "DISTRIBUTED",
     "PRECISIONS",
     "NonFiniteLoss",
+    "NonFiniteWatch",
     "OutputDirInUse",
     "Run",
     "Runtime",
@@ -65,6 +67,9 @@ __all__ = [
 
 PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 autocast on GPU, fp32 on CPU (faster there)
 DISTRIBUTED = ("ddp", "fsdp")  # data parallelism across processes
+# torch.compile modes; "reduce-overhead" replays the step's kernels as CUDA graphs, which a step
+# with no host sync (train_step) allows.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -185,7 +190,7 @@ def wrap(learner: Learner, cfg: TrainConfig, rt: Runtime) -> nn.Module:
         fully_shard(learner)
     elif rt.world_size > 1:
         model = nn.parallel.DistributedDataParallel(learner, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-    return torch.compile(model) if cfg.runtime.compile else model
+    return torch.compile(model, mode=cfg.runtime.compile_mode) if cfg.runtime.compile else model
 
 
 @dataclass
@@ -226,19 +231,23 @@ def build_run(cfg: TrainConfig, rt: Runtime, load_teacher: bool = True) -> Run:
 
 
 class StepResult(NamedTuple):
+    """What one step leaves on the device (reading any of it is a host sync)."""
+
     loss: Tensor  # scalar, this process's
     per_config: list[Tensor]  # the loss of each mask configuration
     grad_norm: Tensor  # global, before clipping
-    schedule: dict[str, float]  # {"lr", "wd"} of the step
+    schedule: dict[str, float]  # {"lr", "wd"} of the step (host values)
+    applied: Tensor  # 0-dim bool: False when the loss or the grad norm was not finite
 
 
 def train_step(run: Run, clips: Tensor, masks: list[MaskBatch], step: int) -> StepResult:
     """One optimizer step on ``clips [B, C, T, H, W]`` with the step's masks (on the device).
 
     Sets the step's lr and weight decay, runs the teacher (no grad) and the stage's loss,
-    backpropagates and clips the global grad norm; if the loss or the norm is not finite the
-    step is not applied (:class:`NonFiniteLoss`, one host sync for both checks); else AdamW
-    steps and the stage's per-step hook runs (the V-JEPA EMA).
+    backpropagates, clips the global grad norm and steps AdamW, then runs the stage's per-step
+    hook (the V-JEPA EMA). A step whose loss or grad norm is not finite is skipped *on the
+    device* (the fused AdamW's ``found_inf``; the hook gets ``applied``), so the step never
+    waits for the host; :class:`NonFiniteWatch` reports it at the next logging step.
     """
     o = run.cfg.optim
     schedule = set_schedules(
@@ -256,14 +265,36 @@ def train_step(run: Run, clips: Tensor, masks: list[MaskBatch], step: int) -> St
     grad_norm = torch.nn.utils.clip_grad_norm_(run.learner.parameters(), o.grad_clip)
     if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
         grad_norm = grad_norm.full_tensor()
-    if not torch.isfinite(torch.stack([loss.detach().float(), grad_norm.float()])).all():  # the same on every rank
-        raise NonFiniteLoss(
-            f"step {step + 1} (as metrics.csv counts) has loss {loss.item():g} and gradient norm {grad_norm.item():g}: "
-            f"it was not applied. {ckpt.resume_hint(run.cfg.output_dir)} (lower optim.lr_peak or raise optim.warmup_steps?)"
-        )
+    applied = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)  # the same on every rank (all-reduced grads)
+    run.optimizer.found_inf = (~applied).float()  # read by the fused AdamW: no update, no moment change
     run.optimizer.step()
-    run.stage.after_step(run.learner, run.teacher, o)
-    return StepResult(loss, per_config, grad_norm, schedule)
+    run.stage.after_step(run.learner, run.teacher, o, applied)
+    return StepResult(loss, per_config, grad_norm, schedule, applied)
+
+
+class NonFiniteWatch:
+    """Remembers, on the device, the first step that was not applied; :meth:`check` (a host sync:
+    call it where the loop syncs anyway) stops the run with :class:`NonFiniteLoss` naming it."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.first = torch.zeros((), dtype=torch.int64, device=device)  # 0: none yet; else step as metrics.csv counts
+        self.values = torch.zeros(2, device=device)  # its loss and grad norm
+
+    def update(self, result: StepResult, step: int) -> None:
+        new = (self.first == 0) & ~result.applied
+        self.first = torch.where(new, step + 1, self.first)
+        values = torch.stack([result.loss.detach().float(), result.grad_norm.detach().float()])
+        self.values = torch.where(new, values, self.values)
+
+    def check(self, output_dir: str | os.PathLike) -> None:
+        step = int(self.first)
+        if step:
+            loss, norm = self.values.tolist()
+            raise NonFiniteLoss(
+                f"step {step} (as metrics.csv counts) has loss {loss:g} and gradient norm {norm:g}: it was not "
+                f"applied, nor any later non-finite step. {ckpt.resume_hint(output_dir)} "
+                "(lower optim.lr_peak or raise optim.warmup_steps?)"
+            )
 
 
 # --------------------------------------------------------------------------------------------

@@ -113,8 +113,9 @@ class Stage:
         """The dtype the teacher runs in (None: as built, fp32) when training does or does not use bf16."""
         return None
 
-    def after_step(self, learner: Learner, teacher: nn.Module | None, optim: OptimConfig) -> None:
-        """Called after every optimizer step."""
+    def after_step(self, learner: Learner, teacher: nn.Module | None, optim: OptimConfig, applied: Tensor) -> None:
+        """Called after every optimizer step; ``applied`` (0-dim bool, on the device) is False when
+        the step was skipped as non-finite: decide on the device, without a host sync."""
 
     def checkpoint_extras(self, teacher: nn.Module | None) -> dict:
         """What this stage adds to a training checkpoint besides the learner and optimizer."""
@@ -191,8 +192,8 @@ class VjepaStage(Stage):
     def build_teacher(self, model, encoder, load):
         return copy.deepcopy(encoder)  # the EMA starts as the student; it stays fp32 so small updates are kept
 
-    def after_step(self, learner, teacher, optim):
-        ema_update(teacher, learner.encoder, optim.ema_momentum)
+    def after_step(self, learner, teacher, optim, applied):
+        ema_update(teacher, learner.encoder, optim.ema_momentum, apply=applied)
 
     def checkpoint_extras(self, teacher):
         return {"teacher": teacher.state_dict()}

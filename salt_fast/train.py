@@ -26,6 +26,7 @@ from salt_fast.config import TrainConfig, check_run_inputs, load_config, save_co
 from salt_fast.flops import peak_flops, step_flops
 from salt_fast.metrics import LogWindow, MetricsLogger, ProgressBar, peak_memory_mb, plot_metrics
 from salt_fast.runtime import (
+    NonFiniteWatch,
     Run,
     Runtime,
     StepResult,
@@ -67,22 +68,27 @@ def _train(cfg: TrainConfig, rt: Runtime, out: Path) -> dict:
     batches = build_batches(cfg, rt, run.grid, start_step) if start_step < cfg.optim.steps else iter(())
     logger = MetricsLogger(out, rank=rt.rank, tensorboard=cfg.log.tensorboard, resume_step=start_step)
     progress = ProgressBar(cfg.optim.steps, initial=start_step, enabled=cfg.log.progress and rt.rank == 0)
-    window, peak, losses = LogWindow(), peak_flops(rt.device), []
+    window, peak, watch, losses = LogWindow(), peak_flops(rt.device), NonFiniteWatch(rt.device), []
 
-    for step in range(start_step, cfg.optim.steps):
+    for step in range(start_step, cfg.optim.steps):  # syncs with the host only to log and to save
         with window.waiting():
             batch = next(batches)
         masks = masks_to(batch.masks, rt.device)
         result = train_step(run, batch.clips.to(rt.device, non_blocking=True), masks, step)
+        watch.update(result, step)
         window.add(batch.clips.shape[0] * rt.world_size, step_flops(run.learner.encoder, run.learner.head, masks,
                                                                      run.tokens_per_clip, run.teacher))  # fmt: skip
-        losses.append(mean_across(result.loss, rt))
-        progress.update(1, loss=f"{losses[-1]:.4f}")
         done = step + 1
-        if done % cfg.log.every == 0 or done == cfg.optim.steps:
+        last = done == cfg.optim.steps
+        log, save = last or done % cfg.log.every == 0, last or done % cfg.checkpoint.every == 0
+        if log or save:
+            watch.check(out)
+        if log:
+            losses.append(mean_across(result.loss, rt))
             logger.log(done, **log_row(run, result, losses[-1], window.rates(peak), len(batch.skipped)))
             window.reset()
-        if done % cfg.checkpoint.every == 0 or done == cfg.optim.steps:
+        progress.update(1, **({"loss": f"{losses[-1]:.4f}"} if log else {}))
+        if save:
             ckpt.save_training_state(run, done)
     progress.close()
     logger.close()

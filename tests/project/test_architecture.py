@@ -15,7 +15,7 @@ from salt_fast.kernels import KERNEL_CHOICES
 from salt_fast.kernels.rope3d import MODES
 from salt_fast.masking import MASK_SETS, TRUNCATION_POLICIES
 from salt_fast.models.vit import ATTENTION_BACKENDS
-from salt_fast.runtime import DISTRIBUTED, PRECISIONS
+from salt_fast.runtime import COMPILE_MODES, DISTRIBUTED, PRECISIONS
 from salt_fast.stages import STAGES, SaltStage
 from support import ROOT, TINY_SHAPE, tiny
 
@@ -45,6 +45,7 @@ def test_config_choices_are_read_from_the_modules_that_own_them():
         ("MaskingConfig", "truncation"): TRUNCATION_POLICIES,
         ("RuntimeConfig", "precision"): PRECISIONS,
         ("RuntimeConfig", "distributed"): DISTRIBUTED,
+        ("RuntimeConfig", "compile_mode"): COMPILE_MODES,
         ("RuntimeConfig", "kernels"): KERNEL_CHOICES,
     }
     found = {

@@ -142,3 +142,15 @@ def test_dali_decoder_trains_on_the_cpu(synthetic, tmp_path):
     pytest.importorskip("nvidia.dali")
     summary = train(load_config(None, tiny(tmp_path, synthetic, **{"data.decoder": "dali", "optim.steps": 3})))
     assert math.isfinite(summary["last_loss"])
+
+
+def test_compile_mode_reaches_torch_compile(monkeypatch, tmp_path):
+    from salt_fast import runtime
+
+    seen = {}
+    monkeypatch.setattr(runtime.torch, "compile", lambda model, mode: seen.setdefault("mode", mode) and model)
+    cfg = load_config(None, tiny(tmp_path, tmp_path, **{"runtime.compile": True, "runtime.compile_mode": "reduce-overhead"}))
+    runtime.build_run(cfg, runtime.setup_runtime(cfg.runtime))
+    assert seen == {"mode": "reduce-overhead"}
+    with pytest.raises(ConfigError, match="runtime.compile_mode: expected one of default, reduce-overhead"):
+        load_config(None, ["runtime.compile_mode=fast"])

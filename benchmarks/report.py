@@ -62,14 +62,19 @@ def flops_section(name: str, r: dict) -> str:
 def throughput_section(runs: list[tuple[str, dict]]) -> str:
     rows = []
     for name, r in runs:
+        if "result" not in r:  # a CPU machine at paper sizes: predictions only
+            continue
         x, key = r["result"], (r["args"]["stage"], r["args"]["model"])
         mfu = x.get("mfu_datasheet")
         speedup = r.get("speedup_vs_reference_sdpa")
-        rows.append([r["device"], *key, r["args"]["batch_size"], f"{x['clips_per_s']:.1f}", f"{x['tflops_per_s']:.1f}",
+        # The step model's prediction for this very GPU, beside the measurement.
+        predicted = next((p for p in r.get("predictions", []) if p["gpu"] in r["device"]), None)
+        rows.append([r["device"], *key, r["args"]["batch_size"], f"{x['clips_per_s']:.1f}",
+                     f"{predicted['clips_per_s']:.1f}" if predicted else "-", f"{x['tflops_per_s']:.1f}",
                      f"{100 * mfu:.1f}%" if mfu else "-", f"{speedup:.2f}x" if speedup else "-",
                      f"{x['gpu_hours_projected']:.0f}", PAPER_GPU_HOURS.get(key, "-"), name])  # fmt: skip
-    header = ["device", "stage", "model", "batch/GPU", "clips/s/GPU", "TFLOP/s", "MFU", "vs reference",
-              "GPU-h (ours)", "GPU-h (paper, A100)", "file"]  # fmt: skip
+    header = ["device", "stage", "model", "batch/GPU", "clips/s/GPU", "clips/s predicted (model)", "TFLOP/s", "MFU",
+              "vs reference", "GPU-h (ours)", "GPU-h (paper, A100)", "file"]  # fmt: skip
     return "### Training throughput (GPU)\n\n" + table(header, rows)
 
 

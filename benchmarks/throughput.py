@@ -41,19 +41,27 @@ from pathlib import Path
 
 import torch
 
+try:
+    import triton
+except ImportError:  # CPU-only installs: the kernels run their references
+    triton = None
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import HelpFormatter, add_output_args, environment, output_path, write_json  # noqa: E402
 
 from salt_fast.config import load_config  # noqa: E402
-from salt_fast.flops import peak_flops, step_flops  # noqa: E402
+from salt_fast.flops import GPUS, gpu_spec, peak_flops, step_flops  # noqa: E402
+from salt_fast.perf_model import predict, trace_step  # noqa: E402
 from salt_fast.kernels import KERNEL_CHOICES  # noqa: E402
 from salt_fast.masking import MASK_SETS, MaskSampler  # noqa: E402
 from salt_fast.models.vit import ATTENTION_BACKENDS  # noqa: E402
 from salt_fast.runtime import build_run, masks_to, setup_runtime, train_step  # noqa: E402
-from salt_fast.stages import STAGES  # noqa: E402
+from salt_fast.stages import PAPER_BATCH, STAGES  # noqa: E402
 
-PAPER_BATCH = 3072
 MATMUL_N = 8192
+MODEL_GPUS = ("a100", "h100", "h200", "b200")
+PREDICTED = "PREDICTED by the step model (salt_fast.perf_model), not measured"
+SMALL_CPU_RUN = "--model vit_tiny --teacher vit_tiny --depth 2 --batch-size 2 --frames 4 --resolution 32 --steps 3"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,7 +80,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
     p.add_argument("--masking", default="multi_block", choices=tuple(MASK_SETS), help="mask configurations per step")
     p.add_argument("--depth", type=int, default=None, help="override encoder, teacher and predictor depth: CPU smoke runs (default: the presets')")
-    p.add_argument("--compare", action="store_true", help="also run --kernels reference --attention sdpa")
+    p.add_argument("--compare", action="store_true",
+                   help="also run --kernels reference --attention sdpa, when that is a different code path here")
+    p.add_argument("--predict", nargs="+", choices=tuple(GPUS), default=None,
+                   help="GPUs to print the step model's prediction for (default: this GPU; on a CPU machine: "
+                   + " ".join(MODEL_GPUS) + ")")
+    p.add_argument("--cpu-max-gflop", type=float, default=100.0,
+                   help="on a CPU, time only steps of at most this many GFLOP; larger ones print the prediction")  # fmt: skip
     add_output_args(p, "throughput_<device>_<stage>_<model>.json")
     args = p.parse_args(argv)
     if args.steps < 1 or args.batch_size < 1:
@@ -246,39 +260,81 @@ def print_table(args: argparse.Namespace, runs: list[dict]) -> None:
           f"(paper's {args.stage} run, perfect scaling, data loading excluded)")  # fmt: skip
 
 
+def code_path(kernels: str, attention: str, device: torch.device) -> tuple[str, str]:
+    """What a run actually executes: (``triton`` | ``reference`` kernels, attention backend)."""
+    with_triton = kernels == "triton" or (kernels == "auto" and device.type == "cuda" and triton is not None)
+    return ("triton" if with_triton else "reference", attention)
+
+
+def model_predictions(args: argparse.Namespace, gpus: list[str]) -> tuple[int, list[dict]]:
+    """The exact FLOPs of one step (meta-device trace) and the step model's prediction per GPU,
+    for the fused path where it can be traced, else the reference path."""
+    cfg = make_config(args, args.kernels, args.attention)
+    for kernels in ("triton", "reference"):
+        try:
+            ops = trace_step(cfg, kernels)
+            break
+        except NotImplementedError:
+            continue
+    preds = [predict(ops, gpu, args.batch_size, kernels) for gpu in gpus]
+    return sum(op.flops for op in ops if op.kind != "optimizer"), [{"label": PREDICTED, **p.__dict__} for p in preds]
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    spec = gpu_spec(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    gpus = args.predict or ([k for k, v in GPUS.items() if v is spec] if spec else list(MODEL_GPUS))
+    flops, predictions = model_predictions(args, gpus)
+    for p in predictions:
+        print(f"{p['gpu']:>5} ({p['kernels']} kernels): {p['step_s'] * 1e3:.1f} ms/step, {p['clips_per_s']:.1f} clips/s, "
+              f"MFU {p['mfu']:.1%}  [{PREDICTED}]")  # fmt: skip
+    record = {
+        "benchmark": "throughput", **environment(), "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "flops_per_step_exact": flops, "predictions": predictions,
+    }  # fmt: skip
+    slug = "cpu" if device.type != "cuda" else torch.cuda.get_device_name(device).replace(" ", "_")
+    out = output_path(args, f"throughput_{slug}_{args.stage}_{args.model}.json")
+    if device.type != "cuda" and flops > args.cpu_max_gflop * 1e9:
+        print(f"\n{flops / 1e9:,.0f} GFLOP per step: not timed on this CPU (over --cpu-max-gflop {args.cpu_max_gflop:g}); "
+              "the lines above are the step model's prediction, not a measurement. To time a small configuration here:\n"
+              f"  python benchmarks/throughput.py {SMALL_CPU_RUN}")  # fmt: skip
+        record["note"] = "CPU machine: not timed (too large); predictions only"
+        write_json(out, record)
+        return record
+
     datasheet = peak_flops(device)
     ceiling = matmul_ceiling(device)
     runs = [run_config(args, args.kernels, args.attention, device)]
-    if args.compare:
+    paths = [code_path(args.kernels, args.attention, device), code_path("reference", "sdpa", device)]
+    if args.compare and paths[0] == paths[1]:
+        print(f"--compare: both runs would take the same code path ({paths[0][0]} kernels, {paths[0][1]} attention) "
+              "on this machine: no speedup to report")  # fmt: skip
+        record["compare"] = f"same code path ({paths[0][0]} kernels, {paths[0][1]} attention): not compared"
+    elif args.compare:
         release(device)
         runs.append(run_config(args, "reference", "sdpa", device))
     for r in runs:
         add_mfu(r, datasheet, ceiling)
     print_table(args, runs)
-    record = {
-        "benchmark": "throughput",
-        **environment(),
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    record.update({
         "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+        "code_path": list(paths[0]),
         "peak_bf16_datasheet_flops": datasheet,
         "matmul_ceiling_flops": ceiling,
         "matmul_ceiling_shape": [MATMUL_N] * 3 if ceiling else None,
         "gpu_hours_formula": "paper_steps * 3072 / clips_per_s / 3600 (paper_steps: "
         + ", ".join(f"{name} {stage.paper_steps // 1000}k" for name, stage in STAGES.items()) + ")",
         "result": runs[0],
-    }
-    if args.compare:
+    })  # fmt: skip
+    if len(runs) > 1:
         record["baseline"] = runs[1]
         record["speedup_vs_reference_sdpa"] = runs[0]["clips_per_s"] / runs[1]["clips_per_s"]
         print(f"speedup vs --kernels reference --attention sdpa: {record['speedup_vs_reference_sdpa']:.2f}x")
     if device.type != "cuda":
         record["note"] = "CPU run: checks the script, not a throughput claim"
         print("note: CPU numbers are for checking the script, not for claims")
-    slug = "cpu" if device.type != "cuda" else torch.cuda.get_device_name(device).replace(" ", "_")
-    write_json(output_path(args, f"throughput_{slug}_{args.stage}_{args.model}.json"), record)
+    write_json(out, record)
     return record
 
 

@@ -12,11 +12,32 @@ clip needs no gradient); the frozen teacher costs its forward only.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
-# Dense bf16 tensor-core peaks from the datasheets, FLOP/s, by a substring of the device name.
-PEAK_BF16 = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
+
+@dataclass(frozen=True)
+class GPUSpec:
+    """A GPU's datasheet ceilings: what MFU is measured against and what the step model uses."""
+
+    name: str  # a substring of torch.cuda.get_device_name()
+    bf16_dense: float  # tensor-core bf16 FLOP/s without sparsity
+    hbm_bandwidth: float  # bytes/s
+    source: str
+
+
+# Dense bf16 peaks and memory bandwidth from NVIDIA's datasheets (the "with sparsity" figures halved
+# where only those are printed). Matched in order, so "H100 PCIe" precedes "H100".
+GPUS: dict[str, GPUSpec] = {
+    "a100": GPUSpec("A100", 312e12, 2.039e12, "NVIDIA A100 Tensor Core GPU datasheet, A100 80GB SXM"),
+    "h100_pcie": GPUSpec("H100 PCIe", 756e12, 2.0e12, "NVIDIA H100 Tensor Core GPU datasheet, H100 PCIe"),
+    "h100": GPUSpec("H100", 989e12, 3.35e12, "NVIDIA H100 Tensor Core GPU datasheet, H100 SXM"),
+    "h200": GPUSpec("H200", 989e12, 4.8e12, "NVIDIA H200 Tensor Core GPU datasheet, H200 SXM"),
+    "b200": GPUSpec("B200", 2.25e15, 8.0e12, "NVIDIA HGX B200 datasheet, per GPU (BF16 4.5 PFLOPS sparse)"),
+    "l40s": GPUSpec("L40S", 362e12, 0.864e12, "NVIDIA L40S datasheet"),
+    "a10g": GPUSpec("A10G", 125e12, 0.6e12, "NVIDIA A10G (AWS G5) specifications"),
+}
 
 
 def blocks_forward(cfg, n: int) -> int:
@@ -75,8 +96,13 @@ def peak_flops(device: torch.device) -> float | None:
     """The device's dense bf16 peak in FLOP/s, or None when unknown (e.g. CPUs)."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAK_BF16.items() if key in name), None)
+    spec = gpu_spec(torch.cuda.get_device_name(device))
+    return spec.bf16_dense if spec else None
+
+
+def gpu_spec(device_name: str) -> GPUSpec | None:
+    """The datasheet entry whose name appears in ``device_name`` (e.g. "NVIDIA H100 80GB HBM3")."""
+    return next((spec for spec in GPUS.values() if spec.name in device_name), None)
 
 
 # ---------------------------------------------------------------------------------------------

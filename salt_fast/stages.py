@@ -38,7 +38,9 @@ from salt_fast.optim import ema_update
 if TYPE_CHECKING:
     from salt_fast.config import ModelConfig, OptimConfig
 
-__all__ = ["STAGES", "Learner", "PixelStage", "SaltStage", "Stage", "VjepaStage"]
+__all__ = ["PAPER_BATCH", "STAGES", "Learner", "PixelStage", "SaltStage", "Stage", "VjepaStage"]
+
+PAPER_BATCH = 3072  # the paper's global batch (its Table 5), for every stage's run
 
 
 class Learner(nn.Module):

@@ -55,13 +55,31 @@ def test_stage(tmp_path, stage):
     assert "not for claims" in stdout and "clips/s" in stdout
 
 
-def test_pixel_compare(tmp_path):
-    record, stdout = run_script(tmp_path, "--stage", "pixel", "--compare")
+def test_compare_reports_a_speedup_only_between_different_code_paths(tmp_path):
+    record, stdout = run_script(tmp_path, "--stage", "pixel", "--compare")  # auto on a CPU: the references, as the baseline
     check_run(record["result"], "pixel")
+    assert "baseline" not in record and "speedup_vs_reference_sdpa" not in record
+    assert record["compare"].startswith("same code path") and "no speedup to report" in stdout
+
+    record, stdout = run_script(tmp_path, "--stage", "pixel", "--compare", "--kernels", "triton")  # the interpreter
     check_run(record["baseline"], "pixel")
+    assert record["code_path"] == ["triton", "sdpa"]
     assert (record["baseline"]["kernels"], record["baseline"]["attention"]) == ("reference", "sdpa")
     # Same masks (seed 0) and models: the same exact FLOPs.
     assert record["baseline"]["flops_per_step_each"] == record["result"]["flops_per_step_each"]
     speedup = record["result"]["clips_per_s"] / record["baseline"]["clips_per_s"]
     assert record["speedup_vs_reference_sdpa"] == pytest.approx(speedup)
     assert "speedup" in stdout
+
+
+def test_paper_sizes_on_a_cpu_print_the_prediction_and_do_not_run(tmp_path):
+    out = tmp_path / "vit_g.json"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--model", "vit_g", "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert "result" not in record and record["flops_per_step_exact"] > 50e12
+    assert [p["gpu"] for p in record["predictions"]] == ["A100", "H100", "H200", "B200"]
+    assert all(p["label"].startswith("PREDICTED") for p in record["predictions"])
+    assert "not timed on this CPU" in proc.stdout and "--model vit_tiny" in proc.stdout

@@ -4,7 +4,10 @@ At the paper's shapes (16 x 224 x 224 clips -> 1568 tokens, per-GPU batch 24, bf
 ViT-L and ViT-g, with the context / target sizes that multi-block masks with "min"
 truncation really give at that batch. For every op and implementation: median forward and
 backward time, achieved GB/s (bytes the op must move, counted below) and its share of the
-device's measured copy bandwidth, and peak memory of forward + backward.
+device's measured copy bandwidth, and peak memory of forward + backward. Every implementation is
+first checked against the eager reference on the same input (forward output and input gradient;
+bf16: within 2% of the largest value): the script exits with status 1 if one disagrees, so on a
+GPU it is also the kernels' correctness test at the real shapes.
 
     python benchmarks/kernels.py                 # GPU: writes benchmarks/results/local/kernels_<device>.json
     python benchmarks/kernels.py --refresh       # GPU: the committed benchmarks/results/kernels_<device>.json
@@ -126,6 +129,24 @@ def measure(case: Case, name: str, fn: Fn, device: torch.device, reps: int) -> d
         "bwd_gbps": case.bwd_bytes / (bwd_ms * 1e6),
         "peak_mb": peak_mb,
     }
+
+
+def agreement(case: Case, reference: Fn, fn: Fn, tol: float) -> dict:
+    """The op against its eager reference on one input: the largest forward and input-gradient
+    errors, relative to the reference's largest magnitude, and whether both are within ``tol``."""
+    x, *rest = case.make_inputs()
+    results = []
+    for impl in (reference, fn):
+        leaf = x.detach().clone().requires_grad_(True)
+        out = impl(leaf.clone(), *rest)  # clone(): the in-place op may rotate its input
+        torch.manual_seed(0)
+        grad_out = torch.randn_like(out) if out.dim() else torch.ones_like(out)
+        (grad,) = torch.autograd.grad(out, leaf, grad_out)
+        results.append((out.detach().float(), grad.float()))
+    (ref_out, ref_grad), (out, grad) = results
+    fwd = ((out - ref_out).abs().max() / ref_out.abs().max().clamp_min(1e-12)).item()
+    bwd = ((grad - ref_grad).abs().max() / ref_grad.abs().max().clamp_min(1e-12)).item()
+    return {"fwd_rel_err": fwd, "bwd_rel_err": bwd, "ok": fwd <= tol and bwd <= tol}
 
 
 # ---------------------------------------------------------------- the ops
@@ -274,6 +295,9 @@ def main(argv: list[str] | None = None) -> dict:
                 row["impls"][name] = r = measure(case, name, fn, device, reps)
                 r["fwd_pct_copy"] = 100 * r["fwd_gbps"] / bandwidth
                 r["bwd_pct_copy"] = 100 * r["bwd_gbps"] / bandwidth
+            tol = 2e-2 if dtype == torch.bfloat16 else 1e-4  # bf16: a few ulps of the largest value
+            row["agreement"] = {name: agreement(case, case.impls["eager"], fn, tol)
+                                for name, fn in case.impls.items() if name != "eager"}  # fmt: skip
             fast = row["impls"]["triton"]
             for base in ("eager", "compiled", "eager_unfused"):
                 if base in row["impls"]:
@@ -285,6 +309,9 @@ def main(argv: list[str] | None = None) -> dict:
                     }
             results.append(row)
             print(f"\n{case.op}: {case.shape}")
+            for name, agree in row["agreement"].items():
+                print(f"  {name:<14} vs eager: fwd {agree['fwd_rel_err']:.1e}, grad {agree['bwd_rel_err']:.1e} "
+                      + ("ok" if agree["ok"] else f"DISAGREES (tolerance {tol:g})"))  # fmt: skip
             for name, r in row["impls"].items():
                 peak = "" if r["peak_mb"] is None else f"  peak {r['peak_mb']:8.1f} MB"
                 print(
@@ -306,6 +333,10 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.smoke or args.out is not None:
         name = "kernels_" + record["device"].replace(" ", "_") + ".json"
         write_json(output_path(args, name), record)
+    wrong = [f"{row['op']} ({name})" for row in results for name, a in row["agreement"].items() if not a["ok"]]
+    if wrong:
+        print(f"\nDISAGREE with their eager references: {', '.join(wrong)}")
+        sys.exit(1)
     return record
 
 

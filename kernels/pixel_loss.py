@@ -16,7 +16,8 @@ Two implementations behind one function (``SALT_FAST_KERNELS=auto|triton|referen
   patch straight from the video with strided loads as a ``[C, tubelet*patch*patch]`` tile
   (any video strides, any float or integer dtype, upcast to fp32), takes the per-channel
   mean and unbiased std in registers, reads the prediction row, writes its summed squared
-  error as one fp32 partial and, in the same pass, ``grad_pred = 2 (pred - target) / count``.
+  error as one fp32 partial and, in the same pass, ``grad_pred = 2 (pred - target) / count``
+  (the row and its gradient move in 16-byte vectors, reordered on chip to the tile's order).
   A one-program kernel sums the partials in a fixed order (no atomics: bitwise
   reproducible). The patchified video is never materialized; only the ``[B, K, P]``
   gradient is allocated (not even that when ``pred`` needs no grad).
@@ -123,28 +124,28 @@ def pixel_mse_loss_reference(
 @jit
 def _pixel_mse_fwd_kernel(
     pred_ptr, video_ptr, ids_ptr, valid_ptr, count_ptr, grad_ptr, partial_ptr,
-    n_tokens, n_chan, grid_h, grid_w, count_total,
+    n_tokens, grid_h, grid_w, count_total,
     stride_pb, stride_pk, stride_pe,
     stride_vb, stride_vc, stride_vt, stride_vh, stride_vw,
-    HAS_VALID: tl.constexpr, WRITE_GRAD: tl.constexpr, COMPUTE: tl.constexpr,
+    HAS_VALID: tl.constexpr, WRITE_GRAD: tl.constexpr, COMPUTE: tl.constexpr, CHANNELS: tl.constexpr,
     TUBELET: tl.constexpr, PATCH: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0)  # flat (b, k)
     b = (row // n_tokens).to(tl.int64)
     k = (row % n_tokens).to(tl.int64)
-    n_pix = TUBELET * PATCH * PATCH  # values per channel
+    n_pix: tl.constexpr = TUBELET * PATCH * PATCH  # values per channel
 
     tok = tl.load(ids_ptr + row).to(tl.int64)  # a padding slot's id may be anything: only masked loads use it
     gt = tok // (grid_h * grid_w)
     gh = (tok // grid_w) % grid_h
     gw = tok % grid_w
 
-    c = tl.arange(0, BLOCK_C)  # channel
-    s = tl.arange(0, BLOCK_S)  # pixel within the tubelet patch: (dt * PATCH + dy) * PATCH + dx
+    c = tl.arange(0, BLOCK_C)[:, None]  # channel
+    s = tl.arange(0, BLOCK_S)[None, :]  # pixel within the tubelet patch: (dt * PATCH + dy) * PATCH + dx
     dt = s // (PATCH * PATCH)
     dy = (s // PATCH) % PATCH
     dx = s % PATCH
-    inside = (c < n_chan)[:, None] & (s < n_pix)[None, :]
+    inside = (c < CHANNELS) & (s < n_pix)
     tile = inside
     if HAS_VALID:
         # (tl.where, not `&` with a 0-d bool: the interpreter would turn the mask into uint8)
@@ -152,10 +153,10 @@ def _pixel_mse_fwd_kernel(
 
     v_off = (
         b * stride_vb
-        + c[:, None] * stride_vc
-        + (gt * TUBELET + dt)[None, :] * stride_vt
-        + (gh * PATCH + dy)[None, :] * stride_vh
-        + (gw * PATCH + dx)[None, :] * stride_vw
+        + c * stride_vc
+        + (gt * TUBELET + dt) * stride_vt
+        + (gh * PATCH + dy) * stride_vh
+        + (gw * PATCH + dx) * stride_vw
     )
     x = tl.load(video_ptr + v_off, mask=tile, other=0).to(COMPUTE)
     mean = tl.sum(x, axis=1) / n_pix
@@ -163,16 +164,35 @@ def _pixel_mse_fwd_kernel(
     std = tl.sqrt(tl.sum(xc * xc, axis=1) / (n_pix - 1))  # unbiased
     target = xc / (std[:, None] + 1e-6)
 
-    e = s[None, :] * n_chan + c[:, None]  # pixel-major, channel innermost
-    p = tl.load(pred_ptr + b * stride_pb + k * stride_pk + e * stride_pe, mask=tile, other=0.0).to(COMPUTE)
+    # The prediction row (pixel-major, channel innermost: value e = pixel * CHANNELS + channel)
+    # is read, and its gradient written, in CHANNELS runs of n_pix consecutive values: tile
+    # position (i, j) holds value flat = i * n_pix + j. Contiguous along the tile's fast axis,
+    # hence 16-byte vector accesses; tl.gather moves the values between that order and the
+    # [channel, pixel] one of the targets (exactly: no arithmetic on them).
+    flat = c * n_pix + s
+    pred_row = pred_ptr + b * stride_pb + k * stride_pk
+    p_flat = tl.load(pred_row + flat * stride_pe, mask=tile, other=0.0).to(COMPUTE)
+    e = s * CHANNELS + c  # the value at [channel, pixel] position (c, s): in p_flat at (e // n_pix, e % n_pix)
+    p = _tile_gather(p_flat, tl.where(inside, (e // n_pix) * BLOCK_S + e % n_pix, 0), BLOCK_C, BLOCK_S)
     diff = tl.where(tile, p - target, 0.0)
     tl.store(partial_ptr + row, tl.sum(tl.sum(diff * diff, axis=1), axis=0))
 
     if WRITE_GRAD:
-        scale = 2.0 / mean_count(count_ptr, count_total, n_pix * n_chan, HAS_VALID, COMPUTE)
+        scale = 2.0 / mean_count(count_ptr, count_total, n_pix * CHANNELS, HAS_VALID, COMPUTE)
         g = diff * scale
+        # Back to the row's order: value flat is the one at [channel, pixel] (flat % CHANNELS, flat // CHANNELS).
+        to_row = tl.where(inside, (flat % CHANNELS) * BLOCK_S + flat // CHANNELS, 0)
+        g_flat = _tile_gather(g, to_row, BLOCK_C, BLOCK_S)
         # Padding tokens get explicit zeros: every element of the buffer is written.
-        tl.store(grad_ptr + row.to(tl.int64) * (n_pix * n_chan) + e, g.to(grad_ptr.dtype.element_ty), mask=inside)
+        grad_row = grad_ptr + row.to(tl.int64) * (n_pix * CHANNELS)
+        tl.store(grad_row + flat, g_flat.to(grad_ptr.dtype.element_ty), mask=inside)
+
+
+@jit
+def _tile_gather(values, index, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+    """``out[i, j] = values.flatten()[index[i, j]]`` for ``[BLOCK_C, BLOCK_S]`` tiles."""
+    flat = tl.gather(tl.reshape(values, [BLOCK_C * BLOCK_S]), tl.reshape(index, [BLOCK_C * BLOCK_S]), 0)
+    return tl.reshape(flat, [BLOCK_C, BLOCK_S])
 
 
 def _pixel_mse_triton(
@@ -195,10 +215,10 @@ def _pixel_mse_triton(
         count_ptr if count_ptr is not None else ids,
         grad if grad is not None else pred,
         partials,
-        k, c, h // patch, w // patch, count_total,
+        k, h // patch, w // patch, count_total,
         pred.stride(0), pred.stride(1), pred.stride(2),
         video.stride(0), video.stride(1), video.stride(2), video.stride(3), video.stride(4),
-        HAS_VALID=valid is not None, WRITE_GRAD=write_grad, COMPUTE=tl_dtype(compute),
+        HAS_VALID=valid is not None, WRITE_GRAD=write_grad, COMPUTE=tl_dtype(compute), CHANNELS=c,
         TUBELET=tubelet, PATCH=patch, BLOCK_C=block_c, BLOCK_S=block_s,
         num_warps=4 if block_c * block_s <= 2048 else 8,
     )  # fmt: skip

@@ -61,6 +61,8 @@ setup(
     extras_require={
         # NVIDIA DALI: GPU video decoding (NVDEC); its CPU variant decodes VP8/VP9/MJPEG.
         "dali": [DALI],
+        # benchmarks/data.py: decord for its V-JEPA 2-style baseline loader (and the decord backend).
+        "bench": ["decord>=0.6.0"],
         # Triton ships inside CUDA torch wheels; the CPU test suite needs it for TRITON_INTERPRET=1.
         "test": ["pytest>=8.0", "triton>=3.2; platform_system == 'Linux'", DALI],
     },

@@ -102,9 +102,12 @@ def main(argv: list[str] | None = None) -> str:
         title = f"### Mask sampling ({name}, {r['device']}, batch {r['batch']})\n\n"
         sections.append(title + table(["backend", "ms/batch", "batches/s"], rows))
     for name, r in load(folders, "data_*.json"):
-        rows = [[x["path"], x["codec"], x["workers"] if x["workers"] is not None else "-",
-                 f"{x['clips_per_s']:.1f}" if x["clips_per_s"] else x["note"]] for x in r["results"]]  # fmt: skip
-        sections.append(f"### Data loading ({name}, {r['device']})\n\n" + table(["path", "codec", "workers", "clips/s"], rows))
+        rows = [[x["path"], x["codec"], f"{x['video_seconds']:g} s" if "video_seconds" in x else "-",
+                 x["workers"] if x["workers"] is not None else "-",
+                 f"{x['clips_per_s']:.1f}" if x["clips_per_s"] else x["note"],
+                 f"{x['vs_vjepa2']:.2f}x" if x.get("vs_vjepa2") else "-"] for x in r["results"]]  # fmt: skip
+        sections.append(f"### Data loading ({name}, {r['device']})\n\n"
+                        + table(["path", "codec", "videos", "workers", "clips/s", "vs V-JEPA 2"], rows))  # fmt: skip
     for name, r in load(folders, "kernels_*.json"):
         if r.get("smoke"):
             continue

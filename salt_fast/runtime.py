@@ -343,11 +343,11 @@ def _dali_batches(cfg: TrainConfig, rt: Runtime, source, masks: MaskSampler, sta
         [str(p) for p in source.paths], list(source.labels), batch_size=d.batch_size, train=True,
         device="gpu" if rt.device.type == "cuda" else "cpu", clip_frames=d.frames, frame_step=d.frame_step,
         size=d.resolution, shard_id=rt.rank, num_shards=rt.world_size, seed=cfg.seed + start_step,
-        device_id=rt.device.index,
+        device_id=rt.device.index, max_bad_fraction=d.max_bad_fraction,
     )  # fmt: skip
     collate = BatchCollator(masks, d.max_bad_fraction, rt.rank, rt.world_size)
-    step = start_step
+    step, skipped = start_step, list(loader.skipped)  # files skipped at start-up: reported with the first batch
     while True:
         for clips, labels in loader:
-            yield Batch(clips, labels, collate.masks(clips.shape[0], step), [])
-            step += 1
+            yield Batch(clips, labels, collate.masks(clips.shape[0], step), skipped)
+            skipped, step = [], step + 1

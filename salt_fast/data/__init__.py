@@ -1,16 +1,18 @@
 """Video data: file lists and mixtures, sharding, decoding (PyAV on CPU, DALI on GPU), clip
 sampling, transforms, synthetic videos, and the loader that yields masked batches.
 
+Speed: ``benchmarks/data.py`` measures the CPU loader against a V-JEPA 2-style loader.
+
 ``salt_fast.data.dali`` imports NVIDIA DALI lazily; everything else needs only torch, numpy,
 PyAV and pillow.
 """
 
-from .decode import VideoDecodeError, VideoInfo, decode_frames, probe
+from .decode import VideoDecodeError, VideoIndex, VideoInfo, decode_frames, probe, read_index
 from .lists import Mixture, ShardedSampler, VideoList, is_image, shard
 from .loader import DECODERS, Batch, BatchCollator, StepBatchSampler, TooManyBadFiles, VideoClips, epoch_order, video_loader
 from .sampling import clip_indices, eval_clip_starts, frame_step_for_fps
 from .synthetic import SyntheticClips, make_synthetic_dataset, render_clip, write_video
-from .transforms import EvalTransform, TrainTransform
+from .transforms import EvalTransform, Normalize, TrainTransform
 
 __all__ = [
     "DECODERS",
@@ -18,6 +20,7 @@ __all__ = [
     "BatchCollator",
     "EvalTransform",
     "Mixture",
+    "Normalize",
     "ShardedSampler",
     "StepBatchSampler",
     "SyntheticClips",
@@ -25,6 +28,7 @@ __all__ = [
     "TrainTransform",
     "VideoClips",
     "VideoDecodeError",
+    "VideoIndex",
     "VideoInfo",
     "VideoList",
     "clip_indices",
@@ -35,6 +39,7 @@ __all__ = [
     "is_image",
     "make_synthetic_dataset",
     "probe",
+    "read_index",
     "render_clip",
     "shard",
     "video_loader",

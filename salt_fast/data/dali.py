@@ -27,31 +27,48 @@ and the frames are picked by ``fn.decoders.video(start_frame=..., sequence_lengt
 stride=frame_step)``, whose ``start_frame`` is a per-sample tensor argument.
 
 To draw a start in ``[0, n_frames - span]`` the graph needs each video's frame count.
-The count is probed once with PyAV (or passed as ``num_frames``) and travels with the
+The count is read once per file from its packets with PyAV (``salt_fast.data.decode.read_index``,
+or passed as ``num_frames``) and travels with the
 label: the reader's int32 label is ``label * 2**k + max_start``, unpacked in the graph with
 integer arithmetic (``k`` is the smallest width holding every ``max_start``; a clear error
 is raised if a label would not fit).  Videos shorter than the clip span are padded by
 repeating their last frame (``pad_mode="edge"``).
+
+Bad files
+---------
+That same read finds the files DALI could not use (missing, empty, truncated before its
+first frame, garbage, no video stream): like the CPU loader, each is skipped with one
+warning naming the file and the reason (logger ``salt_fast.data``) and listed in
+``DaliVideoLoader.skipped``; if more than ``max_bad_fraction`` of the list is bad the loader
+stops with :class:`~salt_fast.data.loader.TooManyBadFiles` listing examples. A codec the
+CPU decoder cannot read is a configuration error, not a bad file: it raises.
 
 ``nvidia.dali`` is imported lazily inside functions, so ``salt_fast`` imports without DALI.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
+
+from .decode import VideoDecodeError, read_index
+from .loader import TooManyBadFiles
 
 __all__ = [
     "CPU_CODECS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "DaliVideoLoader",
+    "TooManyBadFiles",
+    "VideoDecodeError",
     "build_dali_pipeline",
     "dali_decode_frames",
     "probe_video",
     "shard_range",
+    "usable_files",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -61,6 +78,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
 
 _INT32_MAX = 2**31 - 1
+
+log = logging.getLogger("salt_fast.data")
 
 
 def _import_dali():
@@ -86,25 +105,17 @@ def _check_device(device: str) -> None:
 
 
 def probe_video(path: str | Path, count_frames: bool = True) -> tuple[str, int]:
-    """Return ``(codec_name, n_frames)`` of the first video stream of ``path`` (PyAV).
+    """Return ``(codec_name, n_frames)`` of the first video stream of ``path``.
 
-    ``n_frames`` comes from the container header when it has one, else from counting the
-    stream's packets (cheap: demuxing only, no decoding).  ``-1`` if ``count_frames`` is
-    False and the header has no count.
+    Both come from the file's packets, read once per process and cached
+    (``salt_fast.data.decode.read_index``; demuxing only, no decoding). ``count_frames`` is
+    kept for compatibility: the count is always known.
+
+    Raises:
+        VideoDecodeError: missing, empty, unreadable or frameless file, or no video stream.
     """
-    import av
-
-    with av.open(str(path)) as container:
-        if not container.streams.video:
-            raise ValueError(f"{path}: no video stream")
-        stream = container.streams.video[0]
-        codec = stream.codec_context.name
-        n = int(stream.frames or 0)
-        if n <= 0:
-            if not count_frames:
-                return codec, -1
-            n = sum(1 for p in container.demux(stream) if p.size > 0)
-    return codec, n
+    index = read_index(path)
+    return index.codec, index.num_frames
 
 
 def _check_cpu_codec(path: str | Path, codec: str) -> None:
@@ -138,18 +149,46 @@ def _pack_labels(
     return [(lab << bits) | m for lab, m in zip(labels, max_starts)], bits
 
 
-def _video_metadata(files, device, num_frames):
-    """Codec check (CPU) and frame counts, one PyAV probe per file when needed."""
-    counts = []
-    for i, f in enumerate(files):
-        if num_frames is not None and device == "gpu":
-            counts.append(int(num_frames[i]))
-            continue
-        codec, n = probe_video(f, count_frames=num_frames is None)
-        if device == "cpu":
-            _check_cpu_codec(f, codec)
-        counts.append(int(num_frames[i]) if num_frames is not None else n)
-    return counts
+def usable_files(
+    files: Sequence[str | Path],
+    labels: Sequence[int],
+    device: str,
+    num_frames: Sequence[int] | None = None,
+    max_bad_fraction: float = 0.5,
+) -> tuple[list[str], list[int], list[int], list[tuple[str, str]]]:
+    """The files DALI can read, with their labels and frame counts, and the skipped ones.
+
+    Returns ``(files, labels, counts, skipped)``; ``skipped`` holds ``(path, reason)`` of
+    every bad file (each logged once). Given ``num_frames`` on the GPU, nothing is opened.
+
+    Raises:
+        TooManyBadFiles: more than ``max_bad_fraction`` of the files are bad (or all are).
+        ValueError: on the CPU, a codec DALI's CPU decoder cannot read.
+    """
+    good, good_labels, counts, skipped = [], [], [], []
+    for i, (f, label) in enumerate(zip(files, labels)):
+        f = str(f)
+        n = None if num_frames is None else int(num_frames[i])
+        if n is None or device == "cpu":
+            try:
+                codec, counted = probe_video(f)
+            except VideoDecodeError as exc:
+                log.warning("skipping %s: %s", f, exc.reason)
+                skipped.append((f, exc.reason))
+                continue
+            if device == "cpu":
+                _check_cpu_codec(f, codec)
+            n = counted if n is None else n
+        good.append(f)
+        good_labels.append(label)
+        counts.append(n)
+    if skipped and (len(skipped) > max_bad_fraction * len(files) or not good):
+        examples = "\n  ".join(f"{p}: {r}" for p, r in skipped[:8])
+        raise TooManyBadFiles(
+            f"{len(skipped)} of {len(files)} files cannot be read by DALI "
+            f"(more than max_bad_fraction={max_bad_fraction}); examples:\n  {examples}"
+        )
+    return good, good_labels, counts, skipped
 
 
 def build_dali_pipeline(
@@ -174,6 +213,7 @@ def build_dali_pipeline(
     num_frames: Sequence[int] | None = None,
     device_id: int | None = None,
     prefetch_queue_depth: int = 2,
+    max_bad_fraction: float = 0.5,
 ):
     """Build (not yet ``build()``-ed) a DALI pipeline with outputs ``clips, labels``.
 
@@ -187,7 +227,8 @@ def build_dali_pipeline(
     file order, shorter side resized to ``size`` then a centre crop; deterministic.
     The reader is named ``"Reader"`` (for ``DALIGenericIterator(reader_name=...)``).
     ``num_frames`` skips the PyAV frame-count probe (the CPU codec check still opens
-    each file header).
+    each file header). Bad files are left out (see the module docstring and
+    :func:`usable_files`).
     """
     dali, fn, types = _import_dali()
     from nvidia.dali import math as dmath
@@ -204,7 +245,7 @@ def build_dali_pipeline(
     shard_range(len(files), shard_id, num_shards)  # validates the shard
 
     span = (clip_frames - 1) * frame_step + 1
-    counts = _video_metadata(files, device, num_frames)
+    files, labels, counts, _ = usable_files(files, labels, device, num_frames, max_bad_fraction)
     max_starts = [max(0, n - span) for n in counts]
     packed, bits = _pack_labels(labels, max_starts)
     mean255 = [255.0 * m for m in mean]
@@ -293,18 +334,27 @@ class DaliVideoLoader:
     and on the CPU otherwise.  ``len()`` is the number of batches per epoch of this shard
     (train drops the last partial batch; eval keeps it, trimmed, so every file of the
     shard is seen exactly once).  Iterating past the end of an epoch resets the iterator,
-    so ``for epoch ...: for clips, labels in loader:`` works; ``reset()`` restarts early.
-    Keyword arguments are those of :func:`build_dali_pipeline`.
+    so ``for epoch ...: for clips, labels in loader:`` works; leaving an epoch early is fine
+    too (the next iteration runs it out first: DALI cannot reset mid-epoch), and
+    ``reset()`` does the same explicitly.  ``close()`` (or ``with DaliVideoLoader(...)``)
+    releases the pipeline.  Bad files are skipped (``skipped``: their ``(path, reason)``),
+    see the module docstring.  Keyword arguments are those of :func:`build_dali_pipeline`.
     """
 
-    def __init__(self, files, labels, *, batch_size: int, train: bool = True, **kwargs):
+    def __init__(self, files, labels, *, batch_size: int, train: bool = True, max_bad_fraction: float = 0.5, **kwargs):
         _import_dali()
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
+        _check_device(kwargs.get("device", "gpu"))
         self.train = train
         self.batch_size = batch_size
+        num_frames = kwargs.pop("num_frames", None)
+        files, labels, counts, self.skipped = usable_files(
+            files, labels, kwargs.get("device", "gpu"), num_frames, max_bad_fraction
+        )
+        self.files = files
         self.pipeline = build_dali_pipeline(
-            files, labels, batch_size=batch_size, train=train, **kwargs
+            files, labels, batch_size=batch_size, train=train, num_frames=counts, **kwargs
         )
         self.pipeline.build()
         self._iter = DALIGenericIterator(
@@ -316,27 +366,49 @@ class DaliVideoLoader:
             else LastBatchPolicy.PARTIAL,
             auto_reset=False,
         )
+        self._mid_epoch = False
 
     def __len__(self) -> int:
-        return len(self._iter)
+        return len(self._check_open())
+
+    def _check_open(self):
+        if self._iter is None:
+            raise RuntimeError("DaliVideoLoader is closed")
+        return self._iter
 
     def reset(self) -> None:
-        self._iter.reset()
+        """Start the next iteration at a fresh epoch (running out the current one first)."""
+        iterator = self._check_open()
+        if self._mid_epoch:
+            for _ in iterator:
+                pass
+            self._mid_epoch = False
+        iterator.reset()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        finished = False
-        try:
-            for out in self._iter:
-                d = out[0]
-                yield d["clips"], d["labels"].reshape(-1)
-            finished = True
-        finally:
-            if not finished:
-                # The caller broke out mid-epoch: DALI cannot reset an unfinished epoch,
-                # so run it out; the next iteration then starts a fresh epoch.
-                for _ in self._iter:
-                    pass
-            self._iter.reset()
+        # Nothing runs after a `yield` but the next batch: a generator abandoned mid-epoch
+        # (or collected at interpreter exit, when the pipeline may be gone) touches no DALI
+        # object; the next iteration finishes that epoch instead.
+        if self._mid_epoch:
+            self.reset()
+        iterator = self._check_open()
+        self._mid_epoch = True
+        for out in iterator:
+            d = out[0]
+            yield d["clips"], d["labels"].reshape(-1)
+        self._mid_epoch = False
+        iterator.reset()
+
+    def close(self) -> None:
+        """Release the DALI pipeline (idempotent); the loader cannot be iterated afterwards."""
+        self._iter = None
+        self.pipeline = None
+
+    def __enter__(self) -> DaliVideoLoader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def dali_decode_frames(
@@ -350,12 +422,17 @@ def dali_decode_frames(
     same DALI decoder the pipeline uses, no crop/normalise: uint8 ``[T, H, W, 3]`` RGB.
 
     Returned on the CPU (copied from the GPU for ``device="gpu"``).
+
+    Raises:
+        VideoDecodeError: a bad file (missing, empty, garbage, no video stream), named.
+        ValueError: on the CPU, a codec DALI's CPU decoder cannot read.
     """
     dali, fn, _ = _import_dali()
     _check_device(device)
     path = str(Path(path))
+    codec, _ = probe_video(path)  # VideoDecodeError for a bad file, with the reason
     if device == "cpu":
-        _check_cpu_codec(path, probe_video(path, count_frames=False)[0])
+        _check_cpu_codec(path, codec)
 
     @dali.pipeline_def(
         batch_size=1,

@@ -13,8 +13,12 @@ builds the batch, and resuming at step ``s`` reproduces them exactly.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
+import platform
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -24,9 +28,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from salt_fast.masking import MaskBatch, MaskSampler
 
-from .decode import VideoDecodeError, decode_frames, probe
+from .decode import VideoDecodeError, decode_frames, read_index
 from .lists import Mixture, ShardedSampler, VideoList, is_image
 from .sampling import clip_indices
+from .transforms import Normalize
 
 log = logging.getLogger("salt_fast.data")
 
@@ -36,8 +41,9 @@ DECODERS = ("cpu", "dali")
 
 
 class Sample(NamedTuple):
-    """One decoded clip: ``clip`` float ``[3, T, H, W]`` (or ``[views, 3, T, H, W]``), its label,
-    the step of the batch it belongs to, and the files skipped on the way as (path, reason)."""
+    """One decoded clip: ``clip`` float ``[3, T, H, W]`` (or ``[views, 3, T, H, W]``; uint8 pixels
+    inside :func:`video_loader`, normalised by the collator), its label, the step of the batch
+    it belongs to, and the files skipped on the way as (path, reason)."""
 
     clip: torch.Tensor
     label: int
@@ -68,6 +74,16 @@ class VideoClips(Dataset):
     A file that fails to decode is logged once (its path and the reason), recorded in the
     sample's ``skipped`` list, and replaced by another sample drawn from the same generator,
     up to ``max_attempts`` tries. ``backend`` picks the CPU decoder (see ``decode_frames``).
+
+    ``threads``: how many clips of a batch are loaded at once when the dataset runs in the
+    main process (``num_workers=0``); default ``os.cpu_count()``, at most 8. Decoding and
+    resizing release the GIL, so this uses the cores the workers would; inside a dataloader
+    worker clips are loaded one at a time (the workers already use the cores). FFmpeg's own
+    frame threads do not pay for clips of this size (measured in ``benchmarks/data.py``).
+
+    A file's frame count comes from its :class:`~salt_fast.data.decode.VideoIndex`, read once
+    per process (each dataloader worker keeps its own cache), not from probing the file for
+    every clip.
     """
 
     def __init__(
@@ -79,12 +95,18 @@ class VideoClips(Dataset):
         seed: int = 0,
         max_attempts: int = 10,
         backend: str = "pyav",
+        threads: int | None = None,
     ) -> None:
         self.lists = source.lists if isinstance(source, Mixture) else [source]
         self.offsets = np.cumsum([0] + [len(lst) for lst in self.lists])
         self.transform = transform
         self.clip_frames, self.frame_step = clip_frames, frame_step
         self.seed, self.max_attempts, self.backend = seed, max_attempts, backend
+        self.threads = min(8, os.cpu_count() or 1) if threads is None else max(1, int(threads))
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __getstate__(self) -> dict:  # a thread pool neither pickles nor survives a fork
+        return {**self.__dict__, "_pool": None}
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -103,12 +125,31 @@ class VideoClips(Dataset):
         """Decode one clip of ``path``: uint8 ``[clip_frames, H, W, 3]``."""
         if is_image(path):
             return decode_frames(path, [0] * self.clip_frames)
-        indices = clip_indices(probe(path).num_frames, self.clip_frames, self.frame_step, rng=rng)
+        indices = clip_indices(read_index(path).num_frames, self.clip_frames, self.frame_step, rng=rng)
         return decode_frames(path, indices, backend=self.backend)
 
     def __getitem__(self, key: int | tuple[int, int | tuple[int, int]]) -> Sample:
         """``key``: ``(step, index)`` as built by StepBatchSampler, or a bare flat index (step 0)."""
+        return self.sample(key)
+
+    def __getitems__(self, keys: list) -> list[Sample]:
+        """The samples of one batch (the DataLoader calls this when it is defined)."""
+        return self.samples(keys)
+
+    def samples(self, keys: list, normalize: bool = True) -> list[Sample]:
+        """``[self.sample(k, normalize) for k in keys]``, ``threads`` at a time outside workers."""
+        if self.threads <= 1 or len(keys) <= 1 or torch.utils.data.get_worker_info() is not None:
+            return [self.sample(key, normalize) for key in keys]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="salt_fast.data")
+        return list(self._pool.map(lambda key: self.sample(key, normalize), keys))
+
+    def sample(self, key, normalize: bool = True) -> Sample:
+        """``self[key]``; with ``normalize=False`` (a transform with a ``pixels`` stage, such as
+        :class:`TrainTransform`) the clip is the augmented uint8 pixels, normalised later by
+        the :class:`BatchCollator` straight into the batch."""
         step, index = key if isinstance(key, tuple) else (0, key)
+        transform = self.transform if normalize else self.transform.pixels
         rng = np.random.default_rng((self.seed, step, *(index if isinstance(index, tuple) else (index,))))
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         skipped: list[tuple[str, str]] = []
@@ -122,7 +163,7 @@ class VideoClips(Dataset):
                 skipped.append((path, reason))
                 index = int(rng.integers(len(self)))
                 continue
-            return Sample(self.transform(clip, generator=generator), label, step, skipped)
+            return Sample(transform(clip, generator=generator), label, step, skipped)
         examples = "; ".join(f"{p}: {r}" for p, r in skipped[:5])
         raise TooManyBadFiles(f"{self.max_attempts} consecutive samples failed to decode ({examples})")
 
@@ -175,9 +216,30 @@ def epoch_order(source: VideoList | Mixture, seed: int = 0, shuffle: bool = True
     return order
 
 
+class _Pixels(Dataset):
+    """A :class:`VideoClips` whose samples are the uint8 pixels (see ``VideoClips.sample``)."""
+
+    def __init__(self, clips: VideoClips) -> None:
+        self.clips = clips
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, key) -> Sample:
+        return self.clips.sample(key, normalize=False)
+
+    def __getitems__(self, keys: list) -> list[Sample]:
+        return self.clips.samples(keys, normalize=False)
+
+
 @dataclass
 class BatchCollator:
     """``collate_fn``: stacks samples into a :class:`Batch` and attaches the masks of its step.
+
+    With ``normalize`` (a :class:`~salt_fast.data.transforms.Normalize`) the samples are
+    uint8 pixels, normalised into the float batch as it is assembled. Inside a dataloader
+    worker the batch is allocated in shared memory, so handing it to the main process
+    copies nothing.
 
     Raises :class:`TooManyBadFiles` (listing examples) when the skipped files exceed
     ``max_bad_fraction`` of the batch's decode attempts.
@@ -187,6 +249,7 @@ class BatchCollator:
     max_bad_fraction: float = 0.5
     rank: int = 0
     world_size: int = 1
+    normalize: Normalize | None = None
 
     def __call__(self, samples: Sequence[Sample]) -> Batch:
         skipped = [s for sample in samples for s in sample.skipped]
@@ -197,9 +260,17 @@ class BatchCollator:
                 f"{len(skipped)} of {attempts} decode attempts in one batch failed "
                 f"(more than max_bad_fraction={self.max_bad_fraction}); examples:\n  {examples}"
             )
-        clips = torch.stack([s.clip for s in samples])
+        clips = self.stack([s.clip for s in samples])
         labels = torch.tensor([s.label for s in samples], dtype=torch.int64)
         return Batch(clips, labels, self.masks(len(samples), samples[0].step), skipped)
+
+    def stack(self, clips: list[torch.Tensor]) -> torch.Tensor:
+        out = _empty((len(clips), *clips[0].shape), torch.float32 if self.normalize else clips[0].dtype)
+        if self.normalize is None:
+            return torch.stack(clips, out=out)
+        for slot, clip in zip(out, clips):
+            self.normalize(clip, out=slot)
+        return out
 
     def masks(self, batch_size: int, step: int) -> list[MaskBatch]:
         """This rank's rows of the global batch's masks: every rank truncates to the same global
@@ -211,6 +282,31 @@ class BatchCollator:
             MaskBatch(*(None if t is None else t[rows] for t in m))
             for m in self.mask_sampler.sample(batch_size * self.world_size, step)
         ]
+
+
+def _worker_init(worker_id: int) -> None:
+    """Keep a dataloader worker's clip-sized buffers (a few MB each, several per clip) in
+    glibc's heap instead of fresh mmaps, so they are reused instead of page-faulted in anew
+    for every clip; a worker then holds at most 64 MB of freed memory. Only this worker
+    process is affected (glibc only; elsewhere nothing changes)."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 32 << 20)
+    libc.mallopt(m_trim_threshold, 64 << 20)
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A new tensor; inside a dataloader worker in shared memory (as ``default_collate`` does)."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    numel = int(np.prod(shape))
+    storage = torch.UntypedStorage._new_shared(numel * torch.empty((), dtype=dtype).element_size())
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
 
 
 def video_loader(
@@ -229,13 +325,19 @@ def video_loader(
     """An endless DataLoader of :class:`Batch` es from global step ``start_step`` on.
 
     ``order`` is ``epoch -> indices`` (see :func:`epoch_order`); batches and masks depend only
-    on (seed, step), not on ``num_workers`` or ``world_size``.
+    on (seed, step), not on ``num_workers`` or ``world_size``. When the dataset's transform
+    has a ``pixels`` stage (:class:`~salt_fast.data.transforms.TrainTransform`), workers pass
+    uint8 clips to the collator, which normalises them straight into the batch.
     """
+    normalize = None
+    if isinstance(dataset, VideoClips) and all(hasattr(dataset.transform, a) for a in ("pixels", "normalize")):
+        normalize, dataset = dataset.transform.normalize, _Pixels(dataset)
     return DataLoader(
         dataset,
         batch_sampler=StepBatchSampler(order, batch_size, rank=rank, world_size=world_size, start_step=start_step),
-        collate_fn=BatchCollator(mask_sampler, max_bad_fraction, rank, world_size),
+        collate_fn=BatchCollator(mask_sampler, max_bad_fraction, rank, world_size, normalize),
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
+        worker_init_fn=_worker_init,
     )

@@ -317,6 +317,88 @@ def test_bad_arguments(videos):
         sd.build_dali_pipeline(videos["files"], LABELS, batch_size=2, device="tpu")
 
 
+# ---------------------------------------------------------------- bad files, shutdown
+
+
+def _bad_files(folder, good):
+    """Every kind of unusable file, by name: the reason DALI's loader must report for it."""
+    (folder / "empty.webm").write_bytes(b"")
+    (folder / "garbage.webm").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    (folder / "text.webm").write_text("not a video at all\n")
+    data = good.read_bytes()
+    (folder / "header_only.webm").write_bytes(data[: len(data) // 20])  # cut before its first frame
+    with av.open(str(folder / "audio.webm"), "w") as c:  # a stream, but no video
+        s = c.add_stream("libopus", rate=48000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.float32), format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = 48000, 0
+        for pkt in [*s.encode(frame), *s.encode()]:
+            c.mux(pkt)
+    return {
+        "missing.webm": "file not found",
+        "empty.webm": r"empty file \(0 bytes\)",
+        "garbage.webm": "cannot open container|no video stream",
+        "text.webm": "cannot open container|no video stream",
+        "header_only.webm": "no frames|cannot read packets",
+        "audio.webm": r"no video stream \(streams: audio\)",
+    }
+
+
+def test_bad_files_are_skipped_named_and_counted(videos, tmp_path, caplog):
+    expected = _bad_files(tmp_path, videos["files"][0])
+    bad = [tmp_path / name for name in expected]
+    files = videos["files"][:4] + bad
+    labels = LABELS[:4] + [99] * len(bad)
+    with caplog.at_level("WARNING", logger="salt_fast.data"):
+        loader = sd.DaliVideoLoader(
+            files, labels, batch_size=2, device="cpu", train=False, clip_frames=T, frame_step=STEP, size=16,
+            max_bad_fraction=0.7,
+        )  # fmt: skip
+    reasons = dict(loader.skipped)
+    assert sorted(reasons) == sorted(str(p) for p in bad)
+    for path in bad:
+        assert __import__("re").search(expected[path.name], reasons[str(path)]), (path.name, reasons[str(path)])
+        assert any(str(path) in r.getMessage() and "skipping" in r.getMessage() for r in caplog.records)
+    assert [lab for _, labs in loader for lab in labs.tolist()] == LABELS[:4]  # the good files only
+    # More bad files than max_bad_fraction allows: stop, with examples (as the CPU loader does).
+    with pytest.raises(sd.TooManyBadFiles, match=r"6 of 10 files.*max_bad_fraction=0.5[\s\S]*empty file"):
+        sd.DaliVideoLoader(files, labels, batch_size=2, device="cpu", max_bad_fraction=0.5)
+    with pytest.raises(sd.TooManyBadFiles):  # nothing usable at all
+        sd.build_dali_pipeline(bad, [0] * len(bad), batch_size=2, device="cpu", max_bad_fraction=1.0)
+
+
+def test_decoding_a_bad_file_names_the_problem(videos, tmp_path):
+    _bad_files(tmp_path, videos["files"][0])
+    with pytest.raises(sd.VideoDecodeError, match=r"empty\.webm: empty file \(0 bytes\)"):
+        sd.dali_decode_frames(tmp_path / "empty.webm", 0, 4, 1)
+    with pytest.raises(sd.VideoDecodeError, match="audio.webm: no video stream"):
+        sd.dali_decode_frames(tmp_path / "audio.webm", 0, 4, 1)
+
+
+def test_leaving_an_epoch_early_and_exiting_are_clean(videos, tmp_path):
+    loader = _loader(videos, train=False, batch_size=2, size=16)
+    labels = lambda: [lab for _, labs in loader for lab in labs.tolist()]  # noqa: E731
+    for _clips, _labels in loader:
+        break  # mid-epoch: the next iteration still sees a whole epoch, in order
+    assert labels() == LABELS
+    loader.reset()
+    assert labels() == LABELS
+    loader.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        iter(loader).__next__()
+    # A training run's pattern: an endless generator over the loader, abandoned at exit.
+    script = (
+        "import sys\nfrom salt_fast.data.dali import DaliVideoLoader\n"
+        f"loader = DaliVideoLoader({[str(f) for f in videos['files']]!r}, {LABELS!r}, batch_size=2, device='cpu', "
+        f"clip_frames={T}, frame_step={STEP}, size=16)\n"
+        "def batches():\n    while True:\n        yield from loader\n"
+        "it = batches()\nfor _ in range(4):\n    next(it)\nprint('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+    assert "Exception ignored" not in done.stderr and "ShareOutputs" not in done.stderr, done.stderr[-2000:]
+    assert "epoch is not finished" not in done.stderr, done.stderr[-2000:]
+
+
 # ---------------------------------------------------------------- GPU (NVDEC)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from salt_fast.data.decode import VideoDecodeError, VideoInfo, decode_frames, probe
+from salt_fast.data.decode import VideoDecodeError, VideoInfo, clear_index_cache, decode_frames, probe, read_index
 from salt_fast.data.sampling import (
     clip_indices,
     clip_span,
@@ -48,16 +48,24 @@ def _read_index(frame) -> int:
     return sum(1 << b for b, on in enumerate(bits) if on)
 
 
-def write_video(path, n, codec="libx264", fps=30, gop=None):
-    """Write ``n`` index-coded frames with PyAV (fixtures must not depend on synthetic.py)."""
+def write_video(path, n, codec="libx264", fps=30, gop=None, pts=None, time_base=None):
+    """Write ``n`` index-coded frames with PyAV (fixtures must not depend on synthetic.py);
+    ``pts`` (in ``time_base``) sets each frame's presentation time: non-uniform = VFR."""
     with av.open(str(path), "w") as c:
         s = c.add_stream(codec, rate=fps)
         s.width, s.height = W, H
         s.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        if time_base is not None:
+            s.time_base = s.codec_context.time_base = time_base
         if gop:
             s.codec_context.gop_size = gop
-        for frame in _frames(n):
-            for pkt in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+        if codec == "libvpx-vp9" and pts is not None:
+            s.options = {"deadline": "realtime", "cpu-used": "8"}
+        for t, frame in enumerate(_frames(n)):
+            f = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            if pts is not None:
+                f.pts, f.time_base = int(pts[t]), time_base
+            for pkt in s.encode(f):
                 c.mux(pkt)
         for pkt in s.encode():
             c.mux(pkt)
@@ -157,6 +165,94 @@ def test_image_as_clip(tmp_path):
     p = tmp_path / "x.JPG"
     Image.fromarray(img).save(p, format="JPEG")
     assert decode_frames(p, range(16)).shape == (16, H, W, 3)
+
+
+# --------------------------------------------------------------------------- timestamps
+
+
+NT = 90  # frames per timed fixture
+_GAPS = np.random.default_rng(0).choice([1, 2, 3, 7], size=NT)  # frame durations, in 1/90 s
+VFR = np.cumsum(_GAPS) - _GAPS[0]
+
+
+@pytest.fixture(scope="module")
+def timed(tmp_path_factory):
+    """Files whose frame numbers cannot come from timestamp * fps, each checked to be so."""
+    d = tmp_path_factory.mktemp("timed")
+    tb = Fraction(1, 90)
+    return {
+        "vfr.mp4": write_video(d / "vfr.mp4", NT, "libx264", gop=16, pts=VFR, time_base=tb),  # VFR + B-frames
+        "vfr_start.mp4": write_video(d / "vfr_start.mp4", NT, "libx264", gop=16, pts=VFR + 5000, time_base=tb),  # at 55 s
+        "vfr_start.mkv": write_video(d / "vfr_start.mkv", NT, "libx264", gop=16, pts=VFR + 300, time_base=tb),
+        "vfr_start.webm": write_video(d / "vfr_start.webm", NT, "libvpx-vp9", gop=16, pts=VFR + 300, time_base=tb),
+        # Starts at frame time 7: the muxer writes 7 empty chunks, which the header counts.
+        "gap.avi": write_video(d / "gap.avi", NT, "mjpeg", pts=np.arange(NT) + 7, time_base=Fraction(1, 30)),
+    }
+
+
+def _packets(path):
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        return s, [(p.pts, p.dts) for p in c.demux(s) if p.size]
+
+
+def test_timed_fixtures_are_what_they_claim(timed):
+    for name, path in timed.items():
+        stream, packets = _packets(path)
+        pts = sorted(p for p, _ in packets)
+        assert len(pts) == NT, name
+        if "vfr" in name:  # several frame durations (in the stream's time base)
+            assert len(set(np.diff(pts).tolist())) >= 3, name
+        if "start" in name:  # the first frame is not at time 0
+            assert pts[0] > 0, name
+        if name.endswith((".mp4", ".mkv")):  # B-frames: decode order is not presentation order
+            assert [p for p, _ in packets] != pts, name
+        # A plain sequential decode sees every frame, in order: the files are sound.
+        with av.open(str(path)) as c:
+            assert [_read_index(f.to_ndarray(format="rgb24")) for f in c.decode(video=0)] == list(range(NT)), name
+    # The AVI header counts 97 frames (the 7 empty chunks before the first one); there are 90.
+    with av.open(str(timed["gap.avi"])) as c:
+        assert c.streams.video[0].frames == NT + 7
+
+
+@pytest.mark.parametrize("name", ["vfr.mp4", "vfr_start.mp4", "vfr_start.mkv", "vfr_start.webm", "gap.avi"])
+def test_seek_and_sequential_number_frames_alike(timed, name):
+    path = timed[name]
+    clear_index_cache()
+    assert probe(path).num_frames == NT
+    with av.open(str(path)) as c:  # the reference: every frame, decoded in order
+        reference = torch.from_numpy(np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]))
+    span = 7 * 4 + 1
+    for start in range(0, NT - span + 1, 2):
+        idx = list(range(start, start + span, 4))
+        fast = decode_frames(path, idx, seek=True)
+        slow = decode_frames(path, idx, seek=False)
+        assert [_read_index(f) for f in fast] == idx, (name, start)
+        assert torch.equal(fast, slow) and torch.equal(fast, reference[idx]), (name, start)
+    # Frame threads and repeated / unsorted indices number frames the same way.
+    idx = [80, 3, 41, 41, NT - 1]
+    assert torch.equal(decode_frames(path, idx, threads=2), reference[idx])
+
+
+def test_the_vfr_file_of_issue_16_decodes_at_every_start(timed):
+    # 90 VFR frames, 8 frames x step 4: starts that took the keyframe-seek path failed
+    # with "frame index 41 past the end of the video (only 49 frames could be decoded)".
+    rng = np.random.default_rng(16)
+    for _ in range(40):
+        idx = clip_indices(NT, 8, 4, rng=rng)
+        assert [_read_index(f) for f in decode_frames(timed["vfr.mp4"], idx)] == idx.tolist()
+
+
+def test_the_index_is_read_once_per_file(videos, monkeypatch):
+    opened = []
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    clear_index_cache()
+    for start in range(0, 50, 10):
+        probe(videos["h264"])
+        decode_frames(videos["h264"], [start, start + 4])
+    assert len(opened) == 1 + 5  # the index once, then one open per clip
+    assert read_index(videos["h264"]).keyframes.tolist() == list(range(0, N, 24))
 
 
 # --------------------------------------------------------------------------- bad files

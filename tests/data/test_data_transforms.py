@@ -165,3 +165,20 @@ def test_rejects_bad_input():
         EvalTransform()(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))  # channels first
     with pytest.raises(ValueError):
         EvalTransform(crops=2)
+
+
+@pytest.mark.parametrize("hw", [(240, 320), (90, 120)])  # shrinking and enlarging to 64
+def test_uint8_resize_matches_the_float_antialiased_resize(hw):
+    # The crop is resized in uint8 (antialiased bilinear); against the same resize in float
+    # (what the transform did before) it differs only by the rounding to a byte.
+    g = torch.Generator().manual_seed(2)
+    coarse = torch.randint(0, 256, (2, 3, hw[0] // 8, hw[1] // 8), generator=g, dtype=torch.float32)
+    clip = torch.nn.functional.interpolate(coarse, size=hw, mode="bicubic").clamp(0, 255).round().to(torch.uint8)
+    clip = clip.permute(0, 2, 3, 1).contiguous()  # [T, H, W, 3], smooth with detail
+    t = TrainTransform(size=64, scale=(1.0, 1.0), ratio=(hw[1] / hw[0],) * 2, hflip=0.0)
+    got = t.pixels(clip, torch.Generator().manual_seed(0)).float()  # the whole frame: a pure resize
+    ref = torch.nn.functional.interpolate(
+        clip.permute(0, 3, 1, 2).float(), size=(64, 64), mode="bilinear", antialias=True, align_corners=False
+    ).permute(1, 0, 2, 3)
+    assert (got - ref).abs().max() <= 1.0
+    torch.testing.assert_close(_denorm(t(clip, torch.Generator().manual_seed(0))), got, atol=1e-3, rtol=0)

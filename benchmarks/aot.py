@@ -15,11 +15,12 @@ How the launches are found: the step is run, not described. ``runtime.build_run`
 stage's models (ViT-L student and teacher, the default predictor) on the meta device, and
 ``runtime.train_step`` runs on meta clips ``[24, 3, 16, 224, 224]`` (grid 8x14x14) with both
 multi-block masks of the step, sampled on the CPU by the run's ``MaskSampler`` and moved to
-meta. ``use_triton`` answers True, as it does for CUDA tensors, and every ``@triton.jit``
-kernel's ``run`` records its arguments and grid instead of launching. So block sizes, warps and
-constexprs are the wrappers' own choices for those shapes, forward and backward, with
-``_dispatch.INTERPRETED`` False (the GPU's choices, not the interpreter's: run this as a script,
-it unsets ``TRITON_INTERPRET``). RoPE's heads per program depend on the GPU's SM count
+meta. ``use_triton`` answers True, as it does for CUDA tensors, the custom ops run their real
+implementations on the meta tensors (``_dispatch.launch_on_meta``; not their fake ones), and
+every ``@triton.jit`` kernel's ``run`` records its arguments and grid instead of launching. So
+block sizes, warps and constexprs are the wrappers' own choices for those shapes, forward and
+backward, with ``_dispatch.INTERPRETED`` False (the GPU's choices, not the interpreter's: run
+this as a script, it unsets ``TRITON_INTERPRET``). RoPE's heads per program depend on the GPU's SM count
 (``--sms``, 132: an H100 / H200). The step ends at the first thing meta tensors cannot do (today
 AdamW's update; recorded in the JSON, printed with ``-v``), which must come after the backward:
 every trainable parameter has its gradient, else the run fails. Grad clipping, AdamW and the EMA
@@ -259,6 +260,7 @@ def recording(launches: list[Launch], label: str, sms: int) -> Iterator[None]:
         for module in [m for name, m in sys.modules.items() if name.startswith("salt_fast") and m is not None]:
             if getattr(module, "use_triton", None) is use_triton:  # the module-level references too
                 stack.enter_context(mock.patch.object(module, "use_triton", lambda *tensors: True))
+        stack.enter_context(_dispatch.launch_on_meta())  # the ops' real implementations, not their fake ones
         stack.enter_context(mock.patch.object(rope3d, "_sm_count", lambda device: sms))
         stack.enter_context(mock.patch.object(rope3d, "_launch_config", rope_config_on_gpu))
         yield

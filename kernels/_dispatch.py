@@ -4,12 +4,17 @@
   reference otherwise (CPU tensors, or Triton not installed).
 * ``SALT_FAST_KERNELS=reference``: always the reference.
 * ``SALT_FAST_KERNELS=triton``: always the kernels; on CPU tensors they run in Triton's
-  interpreter. Triton decides at decoration time whether a kernel is interpreted
-  (``TRITON_INTERPRET=1``). On a machine without CUDA this module sets that variable when it
-  is first imported with ``SALT_FAST_KERNELS=triton``; when the choice comes later (a config
-  that sets the variable after the import), the first op asked to run Triton on CPU tensors
-  re-decorates every kernel under the interpreter (``_interpret_kernels``), so the setting
-  alone is enough either way.
+  interpreter, and on meta tensors the ops' fake implementations run (shapes only: a whole
+  training step traces on the meta device; see ``_ops``), which need no Triton. Triton
+  decides at decoration time whether a kernel is interpreted (``TRITON_INTERPRET=1``). On a
+  machine without CUDA this module sets that variable when it is first imported with
+  ``SALT_FAST_KERNELS=triton``; when the choice comes later (a config that sets the variable
+  after the import), the first op asked to run Triton on CPU tensors re-decorates every
+  kernel under the interpreter (``_interpret_kernels``; under ``torch.compile``, when the
+  compiled op first runs), so the setting alone is enough either way.
+
+``launch_on_meta()`` is for tools that record kernel launches instead of running them
+(benchmarks/aot.py): within it, meta tensors run the ops' real implementations.
 
 Kernel modules write ``from __future__ import annotations`` (so ``BLOCK: tl.constexpr``
 is never evaluated) and decorate with ``jit``, so they import on CPU-only installs where
@@ -21,6 +26,8 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -98,7 +105,8 @@ def _interpret_kernels() -> None:
 
 
 def use_triton(*tensors: torch.Tensor) -> bool:
-    """True when an op on ``tensors`` should launch its Triton kernels (see the module docstring)."""
+    """True when an op on ``tensors`` should take its Triton path, the custom op (see the module
+    docstring): launch its kernels, or, on meta tensors, run its fake implementation."""
     choice = os.environ.get("SALT_FAST_KERNELS", "auto")
     if choice not in CHOICES:
         raise ValueError(f"SALT_FAST_KERNELS={choice!r}: expected one of {', '.join(CHOICES)}")
@@ -107,13 +115,44 @@ def use_triton(*tensors: torch.Tensor) -> bool:
     on_cuda = all(t.is_cuda for t in tensors)
     if choice == "auto":
         return triton is not None and on_cuda
+    if tensors and all(t.is_meta for t in tensors):  # shapes only: the fake implementations, nothing to interpret
+        return True
     if triton is None:
         raise RuntimeError("SALT_FAST_KERNELS=triton, but Triton is not installed (pip install triton)")
-    if not on_cuda and _compiled_kernels():
+    if not torch.compiler.is_compiling():  # compiled code switches when the op runs (``_ops``)
+        prepare_launch(*tensors)
+    return True
+
+
+def prepare_launch(*tensors: torch.Tensor) -> None:
+    """Before kernels launch on ``tensors``: CPU tensors need Triton's interpreter, so compiled
+    kernels are switched to it (``_interpret_kernels``), on a machine without CUDA only."""
+    if any(t.device.type == "cpu" for t in tensors) and _compiled_kernels():
         if torch.cuda.is_available():  # switching would run every later CUDA launch in the interpreter too
             raise RuntimeError(
                 "SALT_FAST_KERNELS=triton on CPU tensors on a CUDA machine needs Triton's interpreter: "
                 "set TRITON_INTERPRET=1 before salt_fast.kernels is first imported (or pass CUDA tensors)"
             )
         _interpret_kernels()
-    return True
+
+
+_LAUNCH_ON_META = threading.local()
+
+
+@contextmanager
+def launch_on_meta() -> Iterator[None]:
+    """Within (this thread): the custom ops run their real implementations on meta tensors instead of
+    their fake ones, so the wrappers make their launch choices and call ``kernel[grid](...)`` with meta
+    tensors. Only for tools that record those launches instead of running them (benchmarks/aot.py
+    replaces each kernel's ``JITFunction.run``): a real launch on meta tensors fails."""
+    previous = getattr(_LAUNCH_ON_META, "on", False)
+    _LAUNCH_ON_META.on = True
+    try:
+        yield
+    finally:
+        _LAUNCH_ON_META.on = previous
+
+
+def launching_on_meta() -> bool:
+    """True within ``launch_on_meta()``."""
+    return getattr(_LAUNCH_ON_META, "on", False)

@@ -3,8 +3,9 @@
 A loss kernel writes one partial sum per program (and, in the same pass, ``d loss / d pred``);
 ``finish_mean`` sums the partials in a fixed order in one program and divides by the count
 (valid tokens x values per token, reduced on the device: no host sync), so the loss is
-bitwise reproducible (no float atomics). ``LossWithStoredGrad`` is the autograd Function whose
-backward only scales the stored gradient. ``masked_mean`` is the references' same mean.
+bitwise reproducible (no float atomics). ``define_loss`` registers a loss's Triton path as a custom
+op returning ``(loss, grad)``, whose backward only scales the stored gradient; ``fused_loss``
+chooses between it and the reference. ``masked_mean`` is the references' same mean.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from . import _launch
+from . import _launch, _ops
 from ._dispatch import jit, tl
-from ._launch import next_pow2, tl_dtype
+from ._launch import compute_dtype, next_pow2, tl_dtype
 
 
 def masked_mean(err: Tensor, valid: Tensor | None) -> Tensor:
@@ -77,35 +78,87 @@ def finish_mean(partials: Tensor, count_ptr: Tensor | None, count_total: float, 
     return out
 
 
-class LossWithStoredGrad(torch.autograd.Function):
-    """A fused loss whose forward kernel also wrote ``d loss / d pred``; backward only scales it.
+def loss_cost(
+    pred: Tensor, source: Tensor, ids: Tensor, valid: Tensor | None, write_grad: bool, n_partials: int,
+    flops_per_value: int, flops_per_token: int,
+) -> tuple[int, int]:  # fmt: skip
+    """``(flops, bytes)`` of a fused loss op on ``pred [B, K, width]``: its kernel reads the ``B*K``
+    ids, the prediction rows and as many values of ``source`` (every token counted: an upper bound
+    under ``valid``), writes ``n_partials`` partials and the gradient (``write_grad``); the flat copy
+    of non-contiguous ids, ``valid_args`` (the count of valid tokens, a uint8 copy of a non-bool mask,
+    one byte read per token) and ``finish_mean`` (the partials and the count read, the loss written)
+    add theirs. FLOPs: ``flops_per_value`` (+1 for the gradient) per value, ``flops_per_token`` per
+    token, then the partials summed and divided."""
+    n = pred.shape[0] * pred.shape[1]
+    values = n * pred.shape[2]
+    size = compute_dtype(pred.dtype, source.dtype).itemsize
+    moved = values * (pred.element_size() + source.element_size()) + _ops.nbytes(ids)
+    moved += n_partials * size + (_ops.nbytes(pred) if write_grad else 0)
+    moved += 0 if ids.is_contiguous() else 2 * _ops.nbytes(ids)
+    if valid is not None:
+        moved += _ops.nbytes(valid) + 8 + n  # the count, the kernel's reads
+        moved += 0 if valid.dtype == torch.bool else _ops.nbytes(valid) + n  # the uint8 copy
+        moved += 8  # finish_mean reads the count
+    moved += (n_partials + 1) * size  # finish_mean
+    flops = values * (flops_per_value + int(write_grad)) + flops_per_token * n + n_partials + 1
+    return flops, moved
 
-    ``apply(launch, pred, *args)`` with ``launch(pred, *args, write_grad=True) -> (loss, grad)``.
+
+def _stored_grad_outputs(launch):
+    """The op's implementation: ``launch(...) -> (loss, grad or None)`` as ``(loss, grad)``, with an
+    empty gradient (no allocation of consequence) when it wrote none."""
+
+    def impl(pred, source, *args):
+        *args, write_grad = args
+        loss, grad = launch(pred, source, *args, write_grad=write_grad)
+        return loss, grad if grad is not None else pred.new_empty(0)
+
+    return impl
+
+
+def _fake_loss(pred: Tensor, source: Tensor, *args) -> tuple[Tensor, Tensor]:
+    write_grad = args[-1]
+    loss = pred.new_empty((), dtype=compute_dtype(pred.dtype, source.dtype))
+    return loss, pred.new_empty(pred.shape if write_grad else (0,))
+
+
+def _save_grad(ctx, inputs, output) -> None:
+    grad = output[1]
+    ctx.mark_non_differentiable(grad)
+    ctx.save_for_backward(grad)
+    ctx.n_inputs = len(inputs)
+    ctx.pred_shape = inputs[0].shape
+
+
+@once_differentiable
+def _scale_grad(ctx, grad_output, _grad_of_grad):
+    (grad,) = ctx.saved_tensors
+    if grad.shape != ctx.pred_shape:
+        raise RuntimeError("this fused loss was called with write_grad=False: it stored no gradient to backpropagate")
+    # Out of place (not Liger's in-place mul_) so that a retained graph can run backward twice.
+    return grad * grad_output, *([None] * (ctx.n_inputs - 1))
+
+
+def define_loss(name: str, schema: str, launch, cost: _ops.Cost):
+    """Register a fused loss's Triton path as the custom op ``salt_fast::<name>``.
+
+    ``launch(pred, source, *args, write_grad=...) -> (loss, grad or None)`` (look it up at call time,
+    e.g. ``lambda *a, **kw: _my_triton(*a, **kw)``, so that tests can wrap it); ``schema``'s
+    arguments are ``(pred, source, *args, bool write_grad)`` and it returns ``(Tensor, Tensor)``: the
+    loss and ``d loss / d pred`` for ``grad_output = 1`` (empty unless ``write_grad``). The op's
+    backward scales that gradient by ``grad_output``; ``source`` (and the rest) get none.
     """
-
-    @staticmethod
-    def forward(ctx, launch, pred, *args):
-        loss, grad = launch(pred, *args, write_grad=True)
-        ctx.save_for_backward(grad)
-        ctx.n_args = len(args)
-        return loss
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        (grad,) = ctx.saved_tensors
-        # Out of place (not Liger's in-place mul_) so that a retained graph can run backward twice.
-        return None, grad * grad_output, *([None] * ctx.n_args)
+    op = _ops.define(name, schema, _stored_grad_outputs(launch), fake=_fake_loss, cost=cost)
+    op.register_autograd(_scale_grad, setup_context=_save_grad)
+    return op
 
 
-def fused_loss(kernels: bool, launch, reference, pred: Tensor, source: Tensor, *args) -> Tensor:
-    """Run a fused loss: ``launch(pred, source, *args, write_grad=...) -> (loss, grad)`` when
-    ``kernels`` (the op's ``use_triton``) and the kernel can differentiate it, else
-    ``reference(pred, source, *args)``. The kernels differentiate ``pred`` only: a ``source``
+def fused_loss(kernels: bool, op, reference, pred: Tensor, source: Tensor, *args) -> Tensor:
+    """Run a fused loss: the custom op ``op(pred, source, *args, write_grad) -> (loss, grad)`` (see
+    ``define_loss``) when ``kernels`` (the op's ``use_triton``) and the kernel can differentiate it,
+    else ``reference(pred, source, *args)``. The kernels differentiate ``pred`` only: a ``source``
     (target latents, video) that requires grad takes the reference."""
     grad_enabled = torch.is_grad_enabled()
     if not kernels or (grad_enabled and source.requires_grad):
         return reference(pred, source, *args)
-    if grad_enabled and pred.requires_grad:
-        return LossWithStoredGrad.apply(launch, pred, source, *args)
-    return launch(pred, source, *args, write_grad=False)[0]
+    return op(pred, source, *args, grad_enabled and pred.requires_grad)[0]

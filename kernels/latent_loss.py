@@ -6,8 +6,9 @@ without affine, over the channel dim), the Stage-2 objective of SALT and the los
 Two implementations behind one function (``SALT_FAST_KERNELS=auto|triton|reference``, see
 ``_dispatch``):
 
-* **Triton** (CUDA tensors under ``auto``): one fused pass. Each program takes a block of
-  ``(b, k)`` rows, loads the teacher row ``target[b, ids[b, k]]`` (only the K gathered rows
+* **Triton** (CUDA tensors under ``auto``): the custom op ``salt_fast::latent_l1_loss`` (see
+  ``_ops``; its fake implementation runs on meta tensors), one fused pass. Each program takes a
+  block of ``(b, k)`` rows, loads the teacher row ``target[b, ids[b, k]]`` (only the K gathered rows
   are ever read), upcasts to fp32, normalizes it in registers, reads ``pred[b, k]``, adds
   ``|pred - t|`` into one fp32 partial per program and, in the same pass, writes
   ``grad_pred = sign(pred - t) / count`` (``sign(0) = 0``, as the gradient of ``abs``).
@@ -37,13 +38,14 @@ This module stands alone (it imports nothing from salt_fast outside ``salt_fast.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from . import _dispatch, _launch
 from ._checks import check_float, check_int_ids, validate_ids
 from ._dispatch import jit, tl, use_triton
-from ._fused_loss import finish_mean, fused_loss, masked_mean, mean_count, valid_args
+from ._fused_loss import define_loss, finish_mean, fused_loss, loss_cost, masked_mean, mean_count, valid_args
 from ._launch import cdiv, compute_dtype, next_pow2, tl_dtype
 
 __all__ = ["latent_l1_loss", "latent_l1_loss_reference"]
@@ -138,12 +140,13 @@ def _latent_l1_fwd_kernel(
         tl.store(grad_ptr + g_off, g.to(grad_ptr.dtype.element_ty), mask=row_in[:, None] & col_in[None, :])
 
 
-def _latent_config(d: int) -> tuple[int, int, int]:
+def _latent_config(d: int, interpreted: bool | None = None) -> tuple[int, int, int]:
     """``(BLOCK_D, ROWS, num_warps)``: a whole row per tile, a few rows per program.
 
     On the GPU a tile of ~4096 values (e.g. 4 rows of D=1024, 2 of D=1408); in the
-    interpreter, where each program costs ~1 ms, far bigger tiles."""
-    interpreted = _dispatch.INTERPRETED
+    interpreter (``interpreted``, default: whether the kernels are), where each program costs
+    ~1 ms, far bigger tiles."""
+    interpreted = _dispatch.INTERPRETED if interpreted is None else interpreted
     block_d = next_pow2(d)
     budget = 1 << 16 if interpreted else 4096
     rows = max(1, min(256 if interpreted else 16, budget // block_d))
@@ -177,6 +180,33 @@ def _latent_l1_triton(
         ROWS=rows, BLOCK_D=block_d, num_warps=num_warps,
     )  # fmt: skip
     return finish_mean(partials, count_ptr, count_total, d, compute), grad
+
+
+# --------------------------------------------------------------------------------------
+# Custom op: salt_fast::latent_l1_loss(pred, target, ids, eps, valid, write_grad) -> (loss, grad)
+# --------------------------------------------------------------------------------------
+
+
+def _latent_l1_cost(
+    pred: Tensor, target: Tensor, ids: Tensor, eps: float, valid: Tensor | None, write_grad: bool
+) -> tuple[int, int]:
+    """``(flops, bytes)`` of the op on the GPU. The fused kernel reads ``B*K`` ids, the ``B*K`` rows
+    of ``pred`` and the ``B*K`` rows of ``target`` at those ids (all rows counted, valid or not: an
+    upper bound under ``valid``), writes one partial per program and the ``[B, K, D]`` gradient;
+    ``finish_mean`` reads the partials; ``valid_args`` counts the valid tokens. FLOPs: per value
+    8 (mean, centre, square, sum, scale, difference, abs, sum) and 1 more for the gradient, per row 5
+    (the statistics)."""
+    b, k, d = pred.shape
+    programs = cdiv(b * k, _latent_config(d, interpreted=False)[1])
+    return loss_cost(pred, target, ids, valid, write_grad, programs, flops_per_value=8, flops_per_token=5)
+
+
+define_loss(
+    "latent_l1_loss",
+    "(Tensor pred, Tensor target, Tensor ids, float eps, Tensor? valid, bool write_grad) -> (Tensor, Tensor)",
+    lambda *args, **kwargs: _latent_l1_triton(*args, **kwargs),  # (looked up per call: tests wrap it)
+    _latent_l1_cost,
+)
 
 
 def latent_l1_loss(
@@ -218,4 +248,5 @@ def latent_l1_loss(
     validate_ids("latent_l1_loss", "ids", ids, target.shape[1], enabled=check_ids, valid=valid)
     tensors = (pred, target, ids) if valid is None else (pred, target, ids, valid)
     kernels = use_triton(*tensors) and pred.numel() > 0 and target.shape[1] > 0
-    return fused_loss(kernels, _latent_l1_triton, latent_l1_loss_reference, pred, target, ids, eps, valid)
+    op = torch.ops.salt_fast.latent_l1_loss
+    return fused_loss(kernels, op, latent_l1_loss_reference, pred, target, ids, float(eps), valid)

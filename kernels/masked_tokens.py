@@ -9,6 +9,10 @@ otherwise; ``SALT_FAST_KERNELS=auto|triton|reference`` overrides):
   predictor's token sequence ``[context; mask_token repeated Kt times]`` and its ids
   ``[context_ids; target_ids]``, written by one kernel instead of expand + cat.
 
+The Triton paths are the custom ops ``salt_fast::gather_tokens`` (backward:
+``salt_fast::gather_tokens_backward``) and ``salt_fast::assemble_predictor_input`` (the tokens;
+the mask token's gradient: ``salt_fast::mask_token_grad``); see ``_ops``.
+
 Drop-in for V-JEPA-2-style code: its ``apply_masks(x, masks)`` with a single mask
 ``masks = [ids]`` is ``gather_tokens(x, ids)`` (for several masks it concatenates the
 gathers along the batch: ``torch.cat([gather_tokens(x, m) for m in masks])``). Its
@@ -38,7 +42,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from . import _dispatch, _launch
+from . import _dispatch, _launch, _ops
 from ._checks import check_int_ids, validate_ids
 from ._dispatch import jit, tl, use_triton
 from ._launch import cdiv, compute_dtype, next_pow2
@@ -98,7 +102,7 @@ def gather_tokens(x: Tensor, ids: Tensor, *, check_ids: bool = True) -> Tensor:
     validate_ids("gather_tokens", "ids", ids, x.shape[1], enabled=check_ids, unique=backward)
     if not use_triton(x, ids):
         return gather_tokens_reference(x, ids)
-    return _GatherTokens.apply(x, ids)
+    return torch.ops.salt_fast.gather_tokens(x, ids)
 
 
 def assemble_predictor_input(
@@ -130,7 +134,7 @@ def assemble_predictor_input(
     validate_ids("assemble_predictor_input", "target_ids", target_ids, None, enabled=check_ids)
     if not use_triton(context, context_ids, target_ids, mask_token):
         return assemble_predictor_input_reference(context, context_ids, target_ids, mask_token)
-    tokens = _AssemblePredictorInput.apply(context, mask_token, target_ids.shape[1])
+    tokens = torch.ops.salt_fast.assemble_predictor_input(context, mask_token, target_ids.shape[1])
     return tokens, torch.cat((context_ids, target_ids), dim=1)
 
 
@@ -165,12 +169,17 @@ def _check_assemble_args(context: Tensor, context_ids: Tensor, target_ids: Tenso
 # --------------------------------------------------------------------------------------
 
 
-def _block_d(D: int) -> int:
+def _interpreted(interpreted: bool | None) -> bool:
+    """``interpreted``, or by default whether the kernels are (the costs ask for the GPU's choices)."""
+    return _dispatch.INTERPRETED if interpreted is None else interpreted
+
+
+def _block_d(D: int, interpreted: bool | None = None) -> int:
     """Columns per program: a power of two, at most 512, wasting little on the last block.
 
     e.g. 384 -> 128 (3 blocks), 768/1280/1664 -> 256, 1024/1408/1536 -> 512, 100 -> 128.
     """
-    if _dispatch.INTERPRETED:  # the interpreter pays per program: one column block
+    if _interpreted(interpreted):  # the interpreter pays per program: one column block
         return next_pow2(D)
     if D <= 128:
         return max(16, next_pow2(D))
@@ -180,10 +189,10 @@ def _block_d(D: int) -> int:
     return 128
 
 
-def _row_tile(rows: int, D: int, elem_size: int) -> tuple[int, int, int]:
+def _row_tile(rows: int, D: int, elem_size: int, interpreted: bool | None = None) -> tuple[int, int, int]:
     """``(BLOCK_R, BLOCK_D, num_warps)`` for a row-copy kernel over ``rows`` rows of ``D``."""
-    block_d = _block_d(D)
-    if _dispatch.INTERPRETED:
+    block_d = _block_d(D, interpreted)
+    if _interpreted(interpreted):
         block_r = min(next_pow2(rows), max(1, 2**16 // block_d))
         return block_r, block_d, 4
     # About 16 KB moved per program: enough bytes in flight per SM without spilling.
@@ -191,13 +200,13 @@ def _row_tile(rows: int, D: int, elem_size: int) -> tuple[int, int, int]:
     return block_r, block_d, 4 if block_r * block_d <= 4096 else 8
 
 
-def _reduce_plan(rows: int, D: int) -> tuple[int, int, int, int]:
+def _reduce_plan(rows: int, D: int, interpreted: bool | None = None) -> tuple[int, int, int, int]:
     """``(BLOCK_R, BLOCK_D, rows_per_program, num_warps)`` for the mask-token reduction.
 
     Depends only on the shape, so the summation order (and the result) is reproducible.
     """
-    block_d = _block_d(D)
-    if _dispatch.INTERPRETED:
+    block_d = _block_d(D, interpreted)
+    if _interpreted(interpreted):
         block_r = min(next_pow2(rows), max(1, 2**16 // block_d))
         return block_r, block_d, cdiv(rows, block_r) * block_r, 4
     block_r = max(1, min(32, 4096 // block_d, next_pow2(rows)))
@@ -414,53 +423,148 @@ def _launch_mask_token_grad(grad: Tensor, kc: int, kt: int) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------
-# Autograd
+# Custom ops (see _ops): implementation, fake implementation and cost of each, then autograd
 # --------------------------------------------------------------------------------------
 
 
-class _GatherTokens(torch.autograd.Function):
-    """Triton ``gather_tokens``: gather kernel forward, zero-fill + scatter kernel backward."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, ids: Tensor) -> Tensor:
-        B, N, D = x.shape
-        out = _launch.new_buffer((B, ids.shape[1], D), x.dtype, x.device)
-        _launch_copy_rows(x, out, ids, ids_on_src=True)
-        ctx.save_for_backward(ids)
-        ctx.n = N
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, None]:
-        if not ctx.needs_input_grad[0]:
-            return None, None
-        (ids,) = ctx.saved_tensors
-        B, _, D = grad_out.shape
-        grad_x = torch.zeros((B, ctx.n, D), dtype=grad_out.dtype, device=grad_out.device)
-        _launch_copy_rows(grad_out, grad_x, ids, ids_on_src=False)
-        return grad_x, None
+def _gather(x: Tensor, ids: Tensor) -> Tensor:
+    """``salt_fast::gather_tokens``: the gather kernel into a new ``[B, K, D]`` buffer."""
+    B, _, D = x.shape
+    out = _launch.new_buffer((B, ids.shape[1], D), x.dtype, x.device)
+    _launch_copy_rows(x, out, ids, ids_on_src=True)
+    return out
 
 
-class _AssemblePredictorInput(torch.autograd.Function):
-    """Triton ``assemble_predictor_input`` tokens: one fill kernel forward; backward slices
-    the context gradient and reduces the mask token's with partial sums (no atomics)."""
+def _gather_fake(x: Tensor, ids: Tensor) -> Tensor:
+    return x.new_empty((x.shape[0], ids.shape[1], x.shape[2]))
 
-    @staticmethod
-    def forward(ctx, context: Tensor, mask_token: Tensor, kt: int) -> Tensor:
-        ctx.kc = context.shape[1]
-        ctx.kt = kt
-        ctx.context_dtype = context.dtype
-        ctx.token_dtype = mask_token.dtype
-        ctx.token_shape = mask_token.shape
-        return _launch_assemble(context, mask_token, kt)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
-        grad_context = grad_token = None
-        if ctx.needs_input_grad[0]:
-            grad_context = grad[:, : ctx.kc].to(ctx.context_dtype)  # a view when the dtypes agree
-        if ctx.needs_input_grad[1]:
-            grad_token = _launch_mask_token_grad(grad, ctx.kc, ctx.kt).to(ctx.token_dtype).reshape(ctx.token_shape)
-        return grad_context, grad_token, None
+def _copy_rows_cost(moved: Tensor, ids: Tensor) -> int:
+    """Bytes of one ``_copy_rows_kernel`` launch moving the ``[B, K, D]`` rows of ``moved``: each row
+    read and written once, the ids read once per column block."""
+    d = moved.shape[2]
+    return 2 * _ops.nbytes(moved) + _ops.nbytes(ids) * cdiv(d, _block_d(d, interpreted=False))
+
+
+def _gather_cost(x: Tensor, ids: Tensor) -> tuple[int, int]:
+    """``(0, bytes)``: the ``B*K`` rows of ``x`` at ``ids`` read, the ``[B, K, D]`` output written."""
+    return 0, _copy_rows_cost(_gather_fake(x, ids), ids)
+
+
+def _gather_backward(grad_out: Tensor, ids: Tensor, n: int) -> Tensor:
+    """``salt_fast::gather_tokens_backward``: zero-filled ``[B, n, D]``, then the scatter kernel
+    writes each gradient row at its id (a plain store: ids unique per row, no atomics)."""
+    B, _, D = grad_out.shape
+    grad_x = torch.zeros((B, n, D), dtype=grad_out.dtype, device=grad_out.device)
+    _launch_copy_rows(grad_out, grad_x, ids, ids_on_src=False)
+    return grad_x
+
+
+def _gather_backward_fake(grad_out: Tensor, ids: Tensor, n: int) -> Tensor:
+    return grad_out.new_empty((grad_out.shape[0], n, grad_out.shape[2]))
+
+
+def _gather_backward_cost(grad_out: Tensor, ids: Tensor, n: int) -> tuple[int, int]:
+    """``(0, bytes)``: the ``[B, n, D]`` zero fill written, then the ``B*K`` rows scattered."""
+    return 0, _ops.nbytes(_gather_backward_fake(grad_out, ids, n)) + _copy_rows_cost(grad_out, ids)
+
+
+def _assemble(context: Tensor, mask_token: Tensor, kt: int) -> Tensor:
+    """``salt_fast::assemble_predictor_input``: the fill kernel, ``[context; mask_token x kt]``."""
+    return _launch_assemble(context, mask_token, kt)
+
+
+def _assemble_fake(context: Tensor, mask_token: Tensor, kt: int) -> Tensor:
+    B, Kc, D = context.shape
+    return context.new_empty((B, Kc + kt, D), dtype=torch.promote_types(context.dtype, mask_token.dtype))
+
+
+def _assemble_cost(context: Tensor, mask_token: Tensor, kt: int) -> tuple[int, int]:
+    """``(0, bytes)``: the context read, the mask token read once per ``[BLOCK_R, D]`` row block
+    of each clip, the ``[B, Kc + Kt, D]`` output written."""
+    out = _assemble_fake(context, mask_token, kt)
+    B, L, D = out.shape
+    block_r = _row_tile(L, D, out.element_size(), interpreted=False)[0]
+    token_reads = B * cdiv(L, block_r) * D * mask_token.element_size() if out.numel() else 0
+    return 0, _ops.nbytes(context) + token_reads + _ops.nbytes(out)
+
+
+def _mask_token_grad(grad: Tensor, kc: int, kt: int) -> Tensor:
+    """``salt_fast::mask_token_grad``: ``grad[:, kc:kc + kt].sum((0, 1))``, reproducibly (see
+    ``_launch_mask_token_grad``)."""
+    return _launch_mask_token_grad(grad, kc, kt)
+
+
+def _mask_token_grad_fake(grad: Tensor, kc: int, kt: int) -> Tensor:
+    return grad.new_empty((grad.shape[2],), dtype=compute_dtype(grad.dtype))
+
+
+def _mask_token_grad_cost(grad: Tensor, kc: int, kt: int) -> tuple[int, int]:
+    """``(flops, bytes)``: the ``B*Kt`` target rows of ``grad`` read and summed into one partial row
+    per program, then the partials summed (``partial.sum(0)``)."""
+    B, _, D = grad.shape
+    rows = B * kt
+    size = compute_dtype(grad.dtype).itemsize
+    if rows == 0 or D == 0:
+        return 0, D * size  # a zero fill
+    per_program = _reduce_plan(rows, D, interpreted=False)[2]
+    partials = cdiv(rows, per_program) * D
+    return rows * D + partials, rows * D * grad.element_size() + 2 * partials * size + D * size
+
+
+_GATHER = _ops.define(
+    "gather_tokens", "(Tensor x, Tensor ids) -> Tensor", _gather, fake=_gather_fake, cost=_gather_cost
+)  # fmt: skip
+_ops.define(
+    "gather_tokens_backward", "(Tensor grad_out, Tensor ids, SymInt n) -> Tensor", _gather_backward,
+    fake=_gather_backward_fake, cost=_gather_backward_cost,
+)  # fmt: skip
+_ASSEMBLE = _ops.define(
+    "assemble_predictor_input", "(Tensor context, Tensor mask_token, SymInt kt) -> Tensor", _assemble,
+    fake=_assemble_fake, cost=_assemble_cost,
+)  # fmt: skip
+_ops.define(
+    "mask_token_grad", "(Tensor grad, SymInt kc, SymInt kt) -> Tensor", _mask_token_grad,
+    fake=_mask_token_grad_fake, cost=_mask_token_grad_cost,
+)  # fmt: skip
+
+
+def _gather_setup(ctx, inputs, output) -> None:
+    x, ids = inputs
+    ctx.save_for_backward(ids)
+    ctx.n = x.shape[1]
+
+
+@once_differentiable
+def _gather_grad(ctx, grad_out: Tensor) -> tuple[Tensor | None, None]:
+    """Zero fill + scatter kernel (``salt_fast::gather_tokens_backward``)."""
+    if not ctx.needs_input_grad[0]:
+        return None, None
+    (ids,) = ctx.saved_tensors
+    return torch.ops.salt_fast.gather_tokens_backward(grad_out, ids, ctx.n), None
+
+
+def _assemble_setup(ctx, inputs, output) -> None:
+    context, mask_token, kt = inputs
+    ctx.kc = context.shape[1]
+    ctx.kt = kt
+    ctx.context_dtype = context.dtype
+    ctx.token_dtype = mask_token.dtype
+    ctx.token_shape = mask_token.shape
+
+
+@once_differentiable
+def _assemble_grad(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+    """The context's gradient is a slice; the mask token's a reduction (``salt_fast::mask_token_grad``,
+    partial sums: no atomics)."""
+    grad_context = grad_token = None
+    if ctx.needs_input_grad[0]:
+        grad_context = grad[:, : ctx.kc].to(ctx.context_dtype)  # a view when the dtypes agree
+    if ctx.needs_input_grad[1]:
+        grad_token = torch.ops.salt_fast.mask_token_grad(grad, ctx.kc, ctx.kt)
+        grad_token = grad_token.to(ctx.token_dtype).reshape(ctx.token_shape)
+    return grad_context, grad_token, None
+
+
+_GATHER.register_autograd(_gather_grad, setup_context=_gather_setup)
+_ASSEMBLE.register_autograd(_assemble_grad, setup_context=_assemble_setup)

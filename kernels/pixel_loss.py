@@ -12,7 +12,8 @@ values of that channel, flattened pixel-major with the channel innermost: value
 
 Two implementations behind one function (``SALT_FAST_KERNELS=auto|triton|reference``):
 
-* **Triton** (CUDA tensors under ``auto``): one program per ``(b, k)`` token loads the
+* **Triton** (CUDA tensors under ``auto``): the custom op ``salt_fast::pixel_mse_loss`` (see
+  ``_ops``; its fake implementation runs on meta tensors). One program per ``(b, k)`` token loads the
   patch straight from the video with strided loads as a ``[C, tubelet*patch*patch]`` tile
   (any video strides, any float or integer dtype, upcast to fp32), takes the per-channel
   mean and unbiased std in registers, reads the prediction row, writes its summed squared
@@ -41,7 +42,7 @@ from torch import Tensor
 from . import _launch
 from ._checks import check_float, check_int_ids, validate_ids
 from ._dispatch import jit, tl, use_triton
-from ._fused_loss import finish_mean, fused_loss, masked_mean, mean_count, valid_args
+from ._fused_loss import define_loss, finish_mean, fused_loss, loss_cost, masked_mean, mean_count, valid_args
 from ._launch import compute_dtype, next_pow2, tl_dtype
 
 __all__ = ["pixel_mse_loss", "pixel_mse_loss_reference", "pixel_targets_reference"]
@@ -225,6 +226,33 @@ def _pixel_mse_triton(
     return finish_mean(partials, count_ptr, count_total, width, compute), grad
 
 
+# --------------------------------------------------------------------------------------
+# Custom op: salt_fast::pixel_mse_loss(pred, video, ids, tubelet, patch, valid, write_grad) -> (loss, grad)
+# --------------------------------------------------------------------------------------
+
+
+def _pixel_mse_cost(
+    pred: Tensor, video: Tensor, ids: Tensor, tubelet: int, patch: int, valid: Tensor | None, write_grad: bool
+) -> tuple[int, int]:
+    """``(flops, bytes)`` of the op on the GPU. One program per token reads its id, its patch of
+    the video (``tubelet*patch*patch*C`` values, every token counted: an upper bound under
+    ``valid``) and its prediction row, writes one partial and its gradient row; ``finish_mean``
+    reads the ``B*K`` partials; ``valid_args`` counts the valid tokens. FLOPs: per value 8 (mean,
+    centre, square, sum, normalize, difference, square, sum) and 1 more for the gradient, per
+    channel of a token 4 (the statistics)."""
+    b, k, _ = pred.shape
+    channels = video.shape[1]
+    return loss_cost(pred, video, ids, valid, write_grad, b * k, flops_per_value=8, flops_per_token=4 * channels)
+
+
+define_loss(
+    "pixel_mse_loss",
+    "(Tensor pred, Tensor video, Tensor ids, int tubelet, int patch, Tensor? valid, bool write_grad) -> (Tensor, Tensor)",
+    lambda *args, **kwargs: _pixel_mse_triton(*args, **kwargs),  # (looked up per call: tests wrap it)
+    _pixel_mse_cost,
+)
+
+
 def pixel_mse_loss(
     pred: Tensor,
     video: Tensor,
@@ -271,4 +299,5 @@ def pixel_mse_loss(
     tubelet, patch = int(tubelet), int(patch)
     tensors = (pred, video, ids) if valid is None else (pred, video, ids, valid)
     kernels = use_triton(*tensors) and pred.numel() > 0
-    return fused_loss(kernels, _pixel_mse_triton, pixel_mse_loss_reference, pred, video, ids, tubelet, patch, valid)
+    op = torch.ops.salt_fast.pixel_mse_loss
+    return fused_loss(kernels, op, pixel_mse_loss_reference, pred, video, ids, tubelet, patch, valid)

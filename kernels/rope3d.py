@@ -31,7 +31,9 @@ are read), run the math in fp32 (fp64 for fp64 tensors) and store in the I/O dty
   per forward and share them across layers).
 
 Backward is the exact transpose (the inverse rotation in standard mode; in vjepa2 mode,
-which is not orthogonal, the transpose of the per-channel map).
+which is not orthogonal, the transpose of the per-channel map). The Triton paths are the custom
+ops ``salt_fast::rope3d`` (out of place, either direction; also the backward of both ops) and
+``salt_fast::rope3d_qkv_`` (in place); see ``_ops``.
 
 Drop-in for V-JEPA 2 code: its ``RoPEAttention`` calls ``rotate_queries_or_keys`` on the
 t, h and w chunks of ``q`` and ``k`` and concatenates the rest unchanged; that whole
@@ -53,6 +55,7 @@ import math
 import torch
 from torch import Tensor
 
+from . import _ops
 from ._checks import check_float, check_int_ids, validate_ids
 from ._dispatch import jit, tl, use_triton
 from ._launch import cdiv, next_pow2
@@ -434,42 +437,117 @@ def _as_5d(t: Tensor, qkv_layout: bool) -> Tensor:
     return t if qkv_layout else t.permute(0, 2, 1, 3).unsqueeze(2)
 
 
+def _dense_last(x: Tensor) -> Tensor:
+    """``x``, or a contiguous copy when its last dim is not contiguous (the kernel needs stride 1 there)."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _new_like(x: Tensor) -> Tensor:
+    """The output buffer for ``x`` (stride 1 on its last dim): ``x``'s layout when ``x`` is dense, else contiguous."""
+    y = torch.empty_like(x)
+    return y if y.stride(-1) == 1 else torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
 def _rope3d_out_of_place(x: Tensor, ids: Tensor | None, grid: Grid, mode: str, qkv_layout: bool, backward: bool) -> Tensor:
-    if x.stride(-1) != 1:
-        x = x.contiguous()
-    y = torch.empty_like(x)  # x's layout when x is dense, else contiguous
-    if y.stride(-1) != 1:
-        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    x = _dense_last(x)
+    y = _new_like(x)
     _launch(_as_5d(x, qkv_layout), _as_5d(y, qkv_layout), ids, grid, mode, backward=backward, rot_slots=2 if qkv_layout else 1, full=True)
     return y
 
 
-class _Rope3dOutOfPlace(torch.autograd.Function):
-    """RoPE (or its transpose) into a new tensor; slot 2 of a qkv tensor is copied.
+# --------------------------------------------------------------------------------------
+# Custom ops (see _ops): implementation, fake implementation and cost of each, then autograd
+# --------------------------------------------------------------------------------------
 
-    Its backward is the same op with the direction flipped, so it is differentiable to any order.
-    """
 
-    @staticmethod
-    def forward(ctx, x, ids, grid, mode, qkv_layout, transpose):
-        ctx.save_for_backward(ids)
-        ctx.args = (grid, mode, qkv_layout, transpose)
-        return _rope3d_out_of_place(x, ids, grid, mode, qkv_layout, transpose)
+def _rope3d(
+    x: Tensor, ids: Tensor | None, grid: list[int], rope_mode: str, qkv_layout: bool, transpose: bool
+) -> Tensor:
+    """``salt_fast::rope3d``: RoPE (or its transpose) into a new tensor. ``x`` is ``[B, heads, N,
+    head_dim]``, or with ``qkv_layout`` a packed ``[B, N, 3, heads, head_dim]`` whose slot 2 is copied."""
+    return _rope3d_out_of_place(x, ids, tuple(grid), rope_mode, qkv_layout, transpose)
 
-    @staticmethod
-    def backward(ctx, grad):
-        (ids,) = ctx.saved_tensors
-        grid, mode, qkv_layout, transpose = ctx.args
-        return _Rope3dOutOfPlace.apply(grad, ids, grid, mode, qkv_layout, not transpose), None, None, None, None, None
+
+def _rope3d_fake(
+    x: Tensor, ids: Tensor | None, grid: list[int], rope_mode: str, qkv_layout: bool, transpose: bool
+) -> Tensor:
+    return _new_like(_dense_last(x))
+
+
+def _rope3d_flops(tokens: int, heads: int, slots: int, head_dim: int, mode: str) -> int:
+    """Per rotated value 3 (two products, one sum); per token and channel pair the angle and its
+    cos and sin (twice in vjepa2 mode: the two members of a pair turn by different angles)."""
+    pairs = 3 * (rope3d_axis_dim(head_dim) // 2)
+    return 3 * tokens * heads * slots * 2 * pairs + 3 * tokens * pairs * (2 if mode == "vjepa2" else 1)
+
+
+def _rope3d_cost(
+    x: Tensor, ids: Tensor | None, grid: list[int], rope_mode: str, qkv_layout: bool, transpose: bool
+) -> tuple[int, int]:
+    """``(flops, bytes)``: every value of ``x`` read and written once (slot 2 of a qkv copied), the
+    ids read once per token (one head group per program: the usual case), plus the copy of ``x`` when
+    its last dim is not contiguous."""
+    batch, heads, n_tokens, head_dim = (x.shape[0], x.shape[3], x.shape[1], x.shape[4]) if qkv_layout else x.shape
+    copy = 0 if x.stride(-1) == 1 else 2 * _ops.nbytes(x)
+    ids_bytes = 0 if ids is None else batch * n_tokens * ids.element_size()
+    flops = _rope3d_flops(batch * n_tokens, heads, 2 if qkv_layout else 1, head_dim, rope_mode)
+    return flops, 2 * _ops.nbytes(x) + copy + ids_bytes
+
+
+def _rope3d_qkv(qkv: Tensor, ids: Tensor | None, grid: list[int], rope_mode: str) -> None:
+    """``salt_fast::rope3d_qkv_``: rotates q and k of a packed ``[B, N, 3, heads, head_dim]`` in place."""
+    qk = qkv[:, :, :2]
+    _launch(qk, qk, ids, tuple(grid), rope_mode, backward=False, rot_slots=2, full=False)
+
+
+def _rope3d_qkv_fake(qkv: Tensor, ids: Tensor | None, grid: list[int], rope_mode: str) -> None:
+    return None
+
+
+def _rope3d_qkv_cost(qkv: Tensor, ids: Tensor | None, grid: list[int], rope_mode: str) -> tuple[int, int]:
+    """``(flops, bytes)``: q and k read and written in place, only their rotated channels (rounded
+    up to a multiple of 8, as ``_launch`` stores them); the ids read once per token."""
+    batch, n_tokens, _, heads, head_dim = qkv.shape
+    cols = min(head_dim, -(-3 * rope3d_axis_dim(head_dim) // 8) * 8)
+    ids_bytes = 0 if ids is None else batch * n_tokens * ids.element_size()
+    flops = _rope3d_flops(batch * n_tokens, heads, 2, head_dim, rope_mode)
+    return flops, 2 * batch * n_tokens * 2 * heads * cols * qkv.element_size() + ids_bytes
+
+
+_ROPE3D = _ops.define(
+    "rope3d", "(Tensor x, Tensor? ids, int[] grid, str rope_mode, bool qkv_layout, bool transpose) -> Tensor",
+    _rope3d, fake=_rope3d_fake, cost=_rope3d_cost,
+)  # fmt: skip
+_ops.define(
+    "rope3d_qkv_", "(Tensor(a!) qkv, Tensor? ids, int[] grid, str rope_mode) -> ()", _rope3d_qkv,
+    fake=_rope3d_qkv_fake, cost=_rope3d_qkv_cost, mutates_args=("qkv",),
+)  # fmt: skip
+
+
+def _rope3d_setup(ctx, inputs, output) -> None:
+    x, ids, grid, mode, qkv_layout, transpose = inputs
+    ctx.save_for_backward(ids)
+    ctx.args = (grid, mode, qkv_layout, transpose)
+
+
+def _rope3d_grad(ctx, grad: Tensor):
+    """The same op with the direction flipped, so it is differentiable to any order."""
+    (ids,) = ctx.saved_tensors
+    grid, mode, qkv_layout, transpose = ctx.args
+    return torch.ops.salt_fast.rope3d(grad, ids, grid, mode, qkv_layout, not transpose), None, None, None, None, None
+
+
+_ROPE3D.register_autograd(_rope3d_grad, setup_context=_rope3d_setup)
 
 
 class _Rope3dQKVInPlace(torch.autograd.Function):
-    """Rotates q and k of a packed ``[B, N, 3, heads, head_dim]`` tensor in place; saves only ids."""
+    """Rotates q and k of a packed ``[B, N, 3, heads, head_dim]`` tensor in place
+    (``salt_fast::rope3d_qkv_``); saves only ids. PyTorch registers no autograd formula for a
+    mutating custom op, hence this Function (``torch.compile`` traces it)."""
 
     @staticmethod
     def forward(ctx, qkv, ids, grid, mode):
-        qk = qkv[:, :, :2]
-        _launch(qk, qk, ids, grid, mode, backward=False, rot_slots=2, full=False)
+        torch.ops.salt_fast.rope3d_qkv_(qkv, ids, grid, mode)
         ctx.mark_dirty(qkv)
         ctx.save_for_backward(ids)
         ctx.args = (grid, mode)
@@ -481,7 +559,7 @@ class _Rope3dQKVInPlace(torch.autograd.Function):
         # the transpose goes into a new tensor; slot 2 (v) is copied in the same launch.
         (ids,) = ctx.saved_tensors
         grid, mode = ctx.args
-        return _Rope3dOutOfPlace.apply(grad, ids, grid, mode, True, True), None, None, None
+        return torch.ops.salt_fast.rope3d(grad, ids, grid, mode, True, True), None, None, None
 
 
 # --------------------------------------------------------------------------------------
@@ -522,7 +600,7 @@ def apply_rope3d(x: Tensor, ids: Tensor | None, grid: Grid, mode: str = "standar
     _check_mode(mode)
     _check_ids("apply_rope3d", ids, x.shape[0], x.shape[2], grid, x.device, f"x {tuple(x.shape)}", check_ids)
     if use_triton(x) and x.dtype in _KERNEL_DTYPES and rope3d_axis_dim(x.shape[-1]) > 0:
-        return _Rope3dOutOfPlace.apply(x, ids, grid, mode, False, False)
+        return torch.ops.salt_fast.rope3d(x, ids, grid, mode, False, False)
     cos, sin = _cos_sin(ids, grid, x.shape[-1], mode, x.device)
     return rope3d_rotate(x, cos, sin)
 

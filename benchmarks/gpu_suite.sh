@@ -57,7 +57,7 @@ if [ "$dry" = 1 ]; then
   step throughput "$PY" benchmarks/throughput.py "${tiny[@]}" --stage salt --steps 2 --compare --out "$out/throughput_suite.json"
   step aot "$PY" benchmarks/aot.py --arch 90 --dtypes fp32 --out "$out/aot_suite.json"
   step roofline "$PY" benchmarks/roofline.py --model vit_small --teacher vit_small --batch-size 2 --frames 4 \
-    --resolution 32 --stage salt --gpus h100 --out "$out/roofline_suite.json"
+    --resolution 32 --stages salt --gpus h100 --out "$out/roofline_suite.json"
   step data "$PY" benchmarks/data.py --quick --out "$out/data_suite.json"
 else
   step install "$PY" -m pip install -q --no-deps --no-build-isolation -e .
@@ -65,7 +65,7 @@ else
   step kernels "$PY" benchmarks/kernels.py --out "$out/kernels_suite.json"
   step throughput "$PY" benchmarks/throughput.py --model vit_l --teacher vit_l --stage salt --compare --out "$out/throughput_suite.json"
   step aot "$PY" benchmarks/aot.py --out "$out/aot_suite.json"
-  step roofline "$PY" benchmarks/roofline.py --stage salt --gpus h100 h200 --out "$out/roofline_suite.json"
+  step roofline "$PY" benchmarks/roofline.py --stages salt --gpus h100 h200 --out "$out/roofline_suite.json"
   step data "$PY" benchmarks/data.py --out "$out/data_suite.json"
 fi
 step report "$PY" benchmarks/report.py --results "$out" --out "$out/REPORT.md"

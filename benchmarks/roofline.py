@@ -1,7 +1,7 @@
 """The step model's prediction of GPU step time, from an exact trace of a real training step.
 
     python benchmarks/roofline.py                               # ViT-L, every stage, A100/H100/H200/B200
-    python benchmarks/roofline.py --model vit_g --stage salt --batch-size 16 --gpus h100
+    python benchmarks/roofline.py --model vit_g --stages salt --batch-size 16 --gpus h100
 
 PREDICTED, NOT MEASURED: every number this prints comes from ``salt_fast.perf_model`` (one
 ``train_step`` traced on the meta device; each op's exact FLOPs and bytes turned into time with
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", default="vit_l", choices=tuple(ENCODER_PRESETS), help="encoder / student preset")
     p.add_argument("--teacher", default="vit_l", choices=tuple(ENCODER_PRESETS), help="teacher preset (salt)")
-    p.add_argument("--stage", default="all", choices=("all", *STAGES), help="which stage's step to model")
+    p.add_argument("--stages", nargs="+", default=list(STAGES), choices=tuple(STAGES), help="stages whose step to model")
     p.add_argument("--batch-size", type=int, default=24, help="clips per GPU per step")
     p.add_argument("--frames", type=int, default=16, help="frames per clip")
     p.add_argument("--resolution", type=int, default=224, help="clip side in pixels")
@@ -90,10 +90,9 @@ def main(argv: list[str] | None = None) -> dict:
     assumptions = Assumptions()
     print(LABEL)
     print(f"assumptions: {assumptions}")
-    stages = list(STAGES) if args.stage == "all" else [args.stage]
     t0 = time.perf_counter()
     predictions = []
-    for stage in stages:
+    for stage in args.stages:
         cfg = config(args, stage)
         print(f"\n{stage} | {args.model}" + (f" (teacher {args.teacher})" if STAGES[stage].loads_teacher else "")
               + f" | batch {args.batch_size} x {args.frames}f x {args.resolution}px")  # fmt: skip

@@ -63,7 +63,7 @@ def test_the_prediction_adds_up_and_follows_the_ceilings():
 def test_roofline_script_labels_every_number_a_prediction(tmp_path):
     out = tmp_path / "roofline.json"
     args = ["--model", "vit_small", "--teacher", "vit_small", "--batch-size", "2", "--frames", "4", "--resolution", "32",
-            "--stage", "salt", "--gpus", "h100", "--out", str(out)]  # fmt: skip
+            "--stages", "salt", "--gpus", "h100", "--out", str(out)]  # fmt: skip
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "roofline.py"), *args], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "PREDICTED by the step model" in done.stdout and "not measured" in done.stdout

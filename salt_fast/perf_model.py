@@ -26,6 +26,8 @@ What the trace sees is the step of the GPU run, with three stated departures:
   memory-efficient kernel instead (same FLOPs, modelled with the same efficiency).
 - The trace is of one process: data-parallel communication and data loading are not in it
   (the paper's GPU-hours exclude both too).
+- A fused kernel op counts as one launch; the losses launch two or three kernels (a partial
+  sum, the mean, with ``valid`` a count), the gather backward and mask-token gradient two.
 """
 
 from __future__ import annotations

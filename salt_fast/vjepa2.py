@@ -303,17 +303,20 @@ def matching_preset(cfg: ViTConfig) -> str | None:
 # ----------------------------------------------------------------------------- loading
 
 
-def _read(source: str | os.PathLike | Mapping[str, Any], weights_only: bool) -> tuple[Mapping[str, Any], str]:
+def _read(source: str | os.PathLike | Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
     if isinstance(source, Mapping):
         return source, "<dict>"
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"V-JEPA 2 checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=weights_only)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # data only: never runs code from the file
     except Exception as exc:
-        hint = " (a trusted file holding other Python objects loads with weights_only=False)" if weights_only else ""
-        raise Vjepa2CheckpointError(f"{path}: cannot be read as a torch checkpoint ({type(exc).__name__}: {exc}){hint}") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise Vjepa2CheckpointError(
+            f"{path}: cannot be read as a torch checkpoint of tensors and plain data ({type(exc).__name__}: {first}); "
+            "a file you trust that holds other Python objects can be loaded by you and passed here as a dict"
+        ) from exc
     if not isinstance(ckpt, Mapping):
         raise Vjepa2CheckpointError(f"{path}: holds a {type(ckpt).__name__}, not a checkpoint dict")
     return ckpt, str(path)
@@ -382,7 +385,6 @@ def load_vjepa2_checkpoint(
     ignore_pos_embed: bool = True,
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = torch.float32,
-    weights_only: bool = True,
 ) -> Vjepa2Models:
     """salt_fast models from a V-JEPA 2 checkpoint (file or already loaded dict).
 
@@ -403,7 +405,7 @@ def load_vjepa2_checkpoint(
             file's). The models are built on the meta device and take the checkpoint tensors
             as their parameters (no random init, no extra copy; tensors of a dict ``source``
             already on ``device`` in ``dtype`` are shared, not copied).
-        weights_only: ``torch.load``'s safe mode (tensors and plain containers only).
+        (a path is read with ``torch.load(weights_only=True)``: tensors and plain containers only)
 
     Returns:
         :class:`Vjepa2Models` with ``epoch`` from the file when present.
@@ -415,7 +417,7 @@ def load_vjepa2_checkpoint(
     """
     if encoder_preset is not None and encoder_preset not in ENCODER_PRESETS:
         raise ValueError(f"unknown encoder_preset {encoder_preset!r}; presets: {', '.join(ENCODER_PRESETS)}")
-    ckpt, where = _read(source, weights_only)
+    ckpt, where = _read(source)
     ckpt = _as_checkpoint(ckpt)
     present = [e for e in MODEL_ENTRIES if ckpt.get(e) is not None]
     if entries is None:

@@ -22,6 +22,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -39,6 +40,7 @@ from salt_fast.models import build_encoder  # noqa: E402
 from salt_fast.train import train  # noqa: E402
 
 TASKS = ("motion", "shape", "colour")
+VIDEO_FRAMES = 32  # frames of each synthetic video; the clips sample every 4th (data.frame_step)
 ENCODERS = {
     "random": "(a) random init",
     "pixel": "(b) Stage-1 teacher (V-Pixel)",
@@ -47,8 +49,43 @@ ENCODERS = {
 }
 
 
-def pretrain(args, data: Path, work: Path) -> dict[str, dict]:
-    """Train (b), (c), (d); returns each run's summary."""
+def add_pretrain_args(parser: argparse.ArgumentParser, workdir: Path) -> None:
+    """The flags of the pretraining setup (data, models, clips, steps) that benchmarks/physics_small.py shares."""
+    parser.add_argument("--steps", type=int, default=600, help="matched total pretraining steps S")
+    parser.add_argument("--depth", type=int, default=4, help="vit_tiny depth of every encoder")
+    parser.add_argument("--videos", type=int, default=320, help="synthetic videos (1/4 held out for probe validation)")
+    parser.add_argument(
+        "--background", default="plain",
+        help="synthetic background: plain (the Stage-1 pixel loss can learn) or random (textured: per-patch normalised "
+        "texture is noise at this scale)",
+    )  # fmt: skip
+    parser.add_argument("--frames", type=int, default=8, help="frames per clip (pretraining and probes)")
+    parser.add_argument("--resolution", type=int, default=64, help="clip side in pixels (pretraining and probes)")
+    parser.add_argument("--batch-size", type=int, default=8, help="pretraining batch size")
+    parser.add_argument("--num-workers", type=int, default=1, help="data-loading worker processes")
+    parser.add_argument("--workdir", type=Path, default=workdir, help="where the synthetic videos and the runs go")
+    parser.add_argument("--progress", action="store_true", help="progress bars")
+
+
+def prepare(args, workdir: Path, seed: int) -> Path:
+    """Threads for the CPU, and the synthetic videos of ``seed`` in ``workdir/synthetic`` (made
+    once); returns that folder."""
+    if not torch.cuda.is_available():
+        # Leave the decode workers their cores: oversubscribed OpenMP threads spin-wait, and on
+        # 2 cores one compute thread beside one worker was as fast as two and far steadier.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - args.num_workers))
+    data = workdir / "synthetic"
+    if not (data / "labels.json").exists():
+        make_synthetic_dataset(
+            data, num_videos=args.videos, frames=VIDEO_FRAMES, height=args.resolution, width=args.resolution, seed=seed,
+            background=args.background,
+        )  # fmt: skip
+    return data
+
+
+def pretrain(args, data: Path, work: Path, overrides: Sequence[str] = ()) -> dict[str, dict]:
+    """Train (b), (c), (d) in ``work`` with ``args.seed``; ``overrides`` (dotted config keys)
+    apply to all three runs. Returns each run's summary."""
     shape = f"{{depth: {args.depth}}}"
     common = [
         "model.encoder=vit_tiny", "model.teacher=vit_tiny",
@@ -57,7 +94,7 @@ def pretrain(args, data: Path, work: Path) -> dict[str, dict]:
         f"data.frames={args.frames}", f"data.resolution={args.resolution}", f"data.batch_size={args.batch_size}",
         f"data.num_workers={args.num_workers}", f"optim.warmup_steps={max(1, args.steps // 10)}",
         "checkpoint.keep=1000", "log.every=1", "log.tensorboard=false", f"log.progress={'true' if args.progress else 'false'}",
-        f"seed={args.seed}",
+        f"seed={args.seed}", *overrides,
     ]  # fmt: skip
     configs = ROOT / "configs"
     teacher_steps = args.steps // 3
@@ -126,25 +163,11 @@ def table(results: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
-    parser.add_argument("--steps", type=int, default=600, help="matched total pretraining steps S")
-    parser.add_argument("--depth", type=int, default=4, help="vit_tiny depth of every encoder")
-    parser.add_argument("--videos", type=int, default=320, help="synthetic videos (1/4 held out for probe validation)")
-    parser.add_argument(
-        "--background", default="plain",
-        help="synthetic background: plain (the Stage-1 pixel loss can learn) or random (textured: per-patch normalised "
-        "texture is noise at this scale)",
-    )  # fmt: skip
-    parser.add_argument("--frames", type=int, default=8, help="frames per clip (pretraining and probes)")
-    parser.add_argument("--resolution", type=int, default=64, help="clip side in pixels (pretraining and probes)")
-    parser.add_argument("--batch-size", type=int, default=8, help="pretraining batch size")
-    parser.add_argument("--num-workers", type=int, default=1, help="data-loading worker processes")
+    add_pretrain_args(parser, ROOT / "runs" / "reproduce_small")
     parser.add_argument("--checkpoints", type=int, default=6, help="checkpoints of (c) for the loss-vs-accuracy fit")
     parser.add_argument("--probe-epochs", type=int, default=20, help="probe training epochs")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, the runs, the random encoder and the probes")
-    parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "reproduce_small",
-                        help="where the synthetic videos and the runs go")  # fmt: skip
     add_output_args(parser, "reproduce_small.json", "results JSON (the plot goes beside it)")
-    parser.add_argument("--progress", action="store_true", help="progress bars")
     return parser
 
 
@@ -154,16 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     start = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        # Leave the decode workers their cores: oversubscribed OpenMP threads spin-wait, and on
-        # 2 cores one compute thread beside one worker was as fast as two and far steadier.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - args.num_workers))
-    data = args.workdir / "synthetic"
-    if not (data / "labels.json").exists():
-        make_synthetic_dataset(
-            data, num_videos=args.videos, frames=32, height=args.resolution, width=args.resolution, seed=args.seed,
-            background=args.background,
-        )  # fmt: skip
+    data = prepare(args, args.workdir, args.seed)
     runs = pretrain(args, data, args.workdir)
 
     encoders = load_encoders(args.workdir, args.seed)

@@ -1,4 +1,4 @@
-"""Video mask sampling (multi-block, random tube) and collation into index tensors.
+"""Video mask sampling (multi-block, random tube, future frames) and collation into index tensors.
 
 Tokens live on a (T, H, W) grid (8 x 14 x 14 = 1568 for 16 x 224 x 224 video with 2 x 16 x 16
 tubelets); a token's flat id is ``t*H*W + h*W + w``. A *mask configuration* decides which tokens
@@ -7,9 +7,11 @@ configuration a batch yields a :class:`MaskBatch` of sorted int64 id tensors.
 
 Two backends implement exactly the same algorithm and give bit-identical output:
 
-* ``salt_fast._C`` (C++, ``csrc/masking.cpp``): the fast path, one call per configuration.
-* the ``*_py`` functions below: the readable NumPy reference, and the fallback when the
-  extension is not built.
+* ``salt_fast._C`` (C++, ``csrc/masking.cpp``): the fast path, one call per configuration
+  (MultiBlock and RandomTube).
+* the ``*_py`` functions below: the readable NumPy reference, the fallback when the extension
+  is not built, and the only implementation of FutureFrames (deterministic, no per-sample work,
+  so :class:`MaskSampler` routes it here whatever the backend).
 
 Randomness
 ----------
@@ -41,6 +43,15 @@ Random tube (VideoMAE)
 Per sample ``k = int(ratio * (H*W))`` spatial positions are chosen by a partial Fisher-Yates
 shuffle of ``0..H*W-1`` (``j = i + randint(H*W - i)``, swap, for ``i < k``) and masked in every
 tubelet.
+
+Future frames (predict what happens next)
+-----------------------------------------
+``t = max(1, int(T * predict_fraction))`` (like a block's temporal extent): the last ``t``
+tubelets are the target, the first ``T - t`` the context, in every sample; no draws. It is the
+geometry of the intuitive-physics surprise window (``salt_fast.eval.surprise``: context frames,
+then the frames to predict), which a mask that spans every tubelet (MultiBlock with
+``temporal_scale`` 1, RandomTube) never asks for. :class:`MaskingError` when no tubelet is
+left for the context.
 
 Truncation (rows have different lengths)
 ----------------------------------------
@@ -79,12 +90,16 @@ if _ext is not None and not hasattr(_ext, "sample_mask_batch"):
 __all__ = [
     "MultiBlock",
     "RandomTube",
+    "FutureFrames",
     "MaskConfig",
     "SHORT_RANGE",
     "LONG_RANGE",
     "MULTI_BLOCK",
     "RANDOM_TUBE",
     "MULTI_RANDOM_TUBE",
+    "FUTURE",
+    "MULTI_BLOCK_FUTURE",
+    "MULTI_BLOCK_TEMPORAL",
     "MASK_SETS",
     "TRUNCATION_POLICIES",
     "MaskBatch",
@@ -176,7 +191,26 @@ class RandomTube:
         object.__setattr__(self, "ratio", _check_fraction("ratio", self.ratio, include_one=False))
 
 
-MaskConfig = Union[MultiBlock, RandomTube]
+@dataclass(frozen=True)
+class FutureFrames:
+    """Predict the future: the last ``max(1, int(T * predict_fraction))`` tubelets are the target,
+    the earlier ones the context (every sample alike; deterministic).
+
+    Args:
+        predict_fraction: fraction of the T tubelets to predict, in (0, 1).
+    """
+
+    predict_fraction: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "predict_fraction", _check_fraction("predict_fraction", self.predict_fraction, include_one=False)
+        )
+
+
+MaskConfig = Union[MultiBlock, RandomTube, FutureFrames]
+_CONFIG_TYPES = (MultiBlock, RandomTube, FutureFrames)
+_CPP_CONFIG_TYPES = (MultiBlock, RandomTube)  # what salt_fast._C samples; the rest runs the NumPy reference
 
 SHORT_RANGE = MultiBlock(8, 0.15, 1.0)
 LONG_RANGE = MultiBlock(2, 0.7, 1.0)
@@ -192,12 +226,21 @@ RANDOM_TUBE: tuple[MaskConfig, ...] = (RandomTube(0.9),)
 # sampler keeps 23% / 6.5% context and 48% / 70% targets, the figures measured on V-JEPA 2's
 # collator. The tubes mask int(ratio * H*W) positions: 122 and 159 of 196.
 MULTI_RANDOM_TUBE: tuple[MaskConfig, ...] = (RandomTube(0.627), RandomTube(0.812))
+# Masks that ask for later frames from earlier ones (issue 17: the surprise test asks exactly
+# that, and MULTI_BLOCK's blocks span every tubelet, so it never does): the second half of the
+# clip from the first; MULTI_BLOCK plus that; MULTI_BLOCK with blocks half the clip long.
+FUTURE: tuple[MaskConfig, ...] = (FutureFrames(0.5),)
+MULTI_BLOCK_FUTURE: tuple[MaskConfig, ...] = MULTI_BLOCK + FUTURE
+MULTI_BLOCK_TEMPORAL: tuple[MaskConfig, ...] = (MultiBlock(8, 0.15, 0.5), MultiBlock(2, 0.7, 0.5))
 
 # The named mask sets a run can choose (config ``masking.configs``); one mask token each.
 MASK_SETS: dict[str, tuple[MaskConfig, ...]] = {
     "multi_block": MULTI_BLOCK,
     "random_tube": RANDOM_TUBE,
     "multi_random_tube": MULTI_RANDOM_TUBE,
+    "future": FUTURE,
+    "multi_block_future": MULTI_BLOCK_FUTURE,
+    "multi_block_temporal": MULTI_BLOCK_TEMPORAL,
 }
 
 
@@ -374,6 +417,18 @@ def _sample_tube(config: RandomTube, grid: tuple[int, int, int], batch_size: int
     return np.repeat(spatial[:, None, :], T, axis=1).reshape(batch_size, T * H * W)
 
 
+def _sample_future(config: FutureFrames, grid: tuple[int, int, int], batch_size: int) -> np.ndarray:
+    T, H, W = grid
+    t = max(1, int(T * config.predict_fraction))
+    if t >= T:
+        raise MaskingError(
+            f"{config} predicts {t} of the {T} tubelets of grid (T, H, W) = {grid}: no tubelet is left for the context"
+        )
+    out = np.zeros((batch_size, T, H * W), dtype=bool)
+    out[:, T - t :] = True
+    return out.reshape(batch_size, T * H * W)
+
+
 def _sample_np(
     config: MaskConfig, grid: tuple[int, int, int], batch_size: int, bkey: int, max_attempts: int
 ) -> np.ndarray:
@@ -381,7 +436,9 @@ def _sample_np(
         return _sample_multiblock(config, grid, batch_size, bkey, max_attempts)
     if isinstance(config, RandomTube):
         return _sample_tube(config, grid, batch_size, bkey)
-    raise ValueError(f"config must be a MultiBlock or RandomTube, got {type(config).__name__}")
+    if isinstance(config, FutureFrames):
+        return _sample_future(config, grid, batch_size)
+    raise ValueError(f"config must be a MultiBlock, RandomTube or FutureFrames, got {type(config).__name__}")
 
 
 def sample_target_mask_py(
@@ -477,7 +534,8 @@ class MaskSampler:
 
     Args:
         grid: token grid (T, H, W).
-        configs: one configuration or a sequence of them (default: MULTI_BLOCK).
+        configs: one configuration or a sequence of them (default: MULTI_BLOCK); FutureFrames
+            runs the NumPy reference on either backend.
         seed: any Python int (taken modulo 2**64).
         truncation: "min" (V-JEPA 2 compatible, drops late ids), "random" or "pad".
         backend: "cpp" (salt_fast._C, error if not built), "python" (NumPy reference) or "auto".
@@ -495,14 +553,14 @@ class MaskSampler:
         max_attempts: int = 100,
     ) -> None:
         self.grid = _check_grid(grid)
-        if isinstance(configs, (MultiBlock, RandomTube)):
+        if isinstance(configs, _CONFIG_TYPES):
             configs = (configs,)
         self.configs = tuple(configs)
         if not self.configs:
-            raise ValueError("configs must contain at least one MultiBlock or RandomTube")
+            raise ValueError("configs must contain at least one MultiBlock, RandomTube or FutureFrames")
         for c in self.configs:
-            if not isinstance(c, (MultiBlock, RandomTube)):
-                raise ValueError(f"configs must be MultiBlock or RandomTube, got {type(c).__name__}")
+            if not isinstance(c, _CONFIG_TYPES):
+                raise ValueError(f"configs must be MultiBlock, RandomTube or FutureFrames, got {type(c).__name__}")
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise ValueError(f"seed must be an integer, got {seed!r}")
         self.seed = int(seed)
@@ -531,9 +589,12 @@ class MaskSampler:
         _check_batch(batch_size, 1)
         batch_size, step = int(batch_size), operator.index(step)  # the C++ binding wants Python ints
         # Resolved per call rather than stored, so samplers pickle into spawned DataLoader workers.
-        impl = _ext.sample_mask_batch if self.backend == "cpp" else sample_mask_batch_py
+        # The C++ sampler knows MultiBlock and RandomTube; other configurations run the reference.
+        cpp = self.backend == "cpp"
         return [
-            MaskBatch(*impl(c, self.grid, batch_size, self.seed, step, i, self.max_attempts, self.truncation))
+            MaskBatch(*(_ext.sample_mask_batch if cpp and isinstance(c, _CPP_CONFIG_TYPES) else sample_mask_batch_py)(
+                c, self.grid, batch_size, self.seed, step, i, self.max_attempts, self.truncation
+            ))
             for i, c in enumerate(self.configs)
         ]
 

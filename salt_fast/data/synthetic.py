@@ -33,6 +33,7 @@ __all__ = [
     "SyntheticClips",
     "clip_labels",
     "make_synthetic_dataset",
+    "pixel_speed",
     "render_clip",
     "write_video",
 ]
@@ -71,6 +72,11 @@ _CODECS: dict[str, tuple[str, str, tuple[str, ...], dict[str, str]]] = {
     # MJPEG has no crf; bounding the quantiser gives high-quality JPEG frames.
     "mjpeg": ("mjpeg", "yuvj420p", (".avi", ".mkv"), {"qmin": "1", "qmax": "2"}),
 }
+
+# The moving shape: its radius as a fraction of the shorter side, and how far it travels over a
+# video, as a fraction of the free span along its axis (drawn uniformly in this range).
+RADIUS_FRACTION = 0.12
+TRAVEL_FRACTION = (0.35, 0.6)
 
 _DEFAULT_SUFFIX = {"vp9": ".webm", "h264": ".mp4", "mjpeg": ".avi"}
 _TASKS = ("motion", "shape", "colour")
@@ -273,7 +279,7 @@ def render_clip(
     rgb = np.asarray(colour, dtype=np.float64)
     if rgb.shape != (3,) or np.any(rgb < 0) or np.any(rgb > 255):
         raise ValueError(f"colour must be 3 values in [0, 255], got {colour!r}")
-    r = 0.12 * min(height, width) if radius is None else float(radius)
+    r = RADIUS_FRACTION * min(height, width) if radius is None else float(radius)
     margin = r + 1.0  # the shape (inside radius r) never touches the frame border
     axis_len = width if direction in ("left", "right") else height
     free = axis_len - 2 * margin
@@ -290,7 +296,7 @@ def render_clip(
     frame0 = _background(rng, bg_kind, height, width)
 
     # Travel along the motion axis, start so that the whole path stays inside.
-    travel = rng.uniform(0.35, 0.6) * free
+    travel = rng.uniform(*TRAVEL_FRACTION) * free
     start = margin + rng.uniform(0, free - travel)
     sign = 1.0 if direction in ("right", "down") else -1.0
     if sign < 0:
@@ -318,6 +324,21 @@ def render_clip(
         cover = _coverage(shape, yy, xx, cy, cx, r)[..., None]
         out[t] = np.clip(np.rint(frame0 * (1 - cover) + rgb * cover), 0, 255)
     return out
+
+
+def pixel_speed(size: int, video_frames: int = 32, frame_step: int = 1) -> tuple[float, float]:
+    """The (slowest, fastest) speed of the shape, in pixels per sampled frame, in square synthetic
+    videos of side ``size`` and ``video_frames`` frames, sampled every ``frame_step`` frames.
+
+    :func:`render_clip` moves the shape by ``TRAVEL_FRACTION`` of the free span over the video;
+    a clip that samples every ``frame_step``-th frame sees ``frame_step`` times the per-frame
+    displacement (64 px, 32 frames, step 4, as ``benchmarks/reproduce_small.py`` trains:
+    2.1-3.6 px per training frame).
+    """
+    if video_frames < 2 or frame_step < 1:
+        raise ValueError(f"need video_frames >= 2 and frame_step >= 1, got {video_frames} and {frame_step}")
+    free = size - 2 * (RADIUS_FRACTION * size + 1.0)
+    return tuple(f * free / (video_frames - 1) * frame_step for f in TRAVEL_FRACTION)
 
 
 def clip_labels(index: int) -> tuple[int, int]:

@@ -302,3 +302,46 @@ def test_backend_selection(monkeypatch):
     with pytest.raises(ImportError, match="salt_fast._C"):
         M.MaskSampler(backend="cpp")
     assert issubclass(M.MaskingError, RuntimeError)
+
+
+# ----------------------------------------------------------------------------- future frames
+
+
+@pytest.mark.parametrize("grid, fraction, predicted", [((4, 4, 4), 0.5, 2), ((8, 14, 14), 0.5, 4), ((3, 2, 5), 0.5, 1),
+                                                       ((8, 2, 2), 0.3, 2), ((2, 3, 3), 0.01, 1)])  # fmt: skip
+def test_future_frames_predicts_the_last_tubelets_of_every_sample(grid, fraction, predicted):
+    T, H, W = grid
+    sampler = M.MaskSampler(grid, (M.FutureFrames(fraction),), seed=3)
+    context, target, context_valid, target_valid = sampler.sample(5, 7)[0]
+    first_target = (T - predicted) * H * W
+    assert torch.equal(target, torch.arange(first_target, T * H * W).expand(5, -1))
+    assert torch.equal(context, torch.arange(first_target).expand(5, -1))
+    assert context_valid is None and target_valid is None
+    # Deterministic: no seed, step or truncation policy changes it.
+    for other in (M.MaskSampler(grid, (M.FutureFrames(fraction),), seed=9, truncation="random", backend="python"),):
+        assert _batch_equal(other.sample(5, 123)[0], (context, target, None, None))
+
+
+@pytest.mark.parametrize("backend", ["python", pytest.param("cpp", marks=needs_cpp)])
+def test_mixed_sets_route_future_frames_to_the_reference(backend):
+    # MULTI_BLOCK runs on the requested backend, FutureFrames on the NumPy reference: the batch
+    # equals the reference sampler's, configuration by configuration.
+    sampler = M.MaskSampler(GRID, M.MASK_SETS["multi_block_future"], seed=5, backend=backend)
+    reference = M.MaskSampler(GRID, M.MASK_SETS["multi_block_future"], seed=5, backend="python")
+    for step in (0, 11):
+        got = sampler.sample(6, step)
+        assert len(got) == 3 and all(_batch_equal(a, b) for a, b in zip(got, reference.sample(6, step)))
+    assert got[2].target.min() == 4 * 14 * 14  # the second half of the clip
+
+
+def test_future_frames_validation_and_named_sets():
+    for bad in (0.0, 1.0, -0.5, float("nan"), True):
+        with pytest.raises(ValueError, match="predict_fraction"):
+            M.FutureFrames(bad)
+    with pytest.raises(M.MaskingError, match="no tubelet is left for the context"):
+        M.MaskSampler((1, 4, 4), (M.FutureFrames(0.5),)).sample(2, 0)
+    assert M.MASK_SETS["future"] == (M.FutureFrames(0.5),)
+    assert M.MASK_SETS["multi_block_future"] == M.MULTI_BLOCK + (M.FutureFrames(0.5),)
+    assert [c.temporal_scale for c in M.MASK_SETS["multi_block_temporal"]] == [0.5, 0.5]
+    with pytest.raises(ValueError, match="FutureFrames"):
+        M.MaskSampler(configs=(M.SHORT_RANGE, "future"))

@@ -16,6 +16,7 @@ from salt_fast.data.synthetic import (
     SyntheticClips,
     clip_labels,
     make_synthetic_dataset,
+    pixel_speed,
     render_clip,
     write_video,
 )
@@ -275,3 +276,16 @@ def test_colour_task_lists_and_plain_backgrounds(tmp_path):
         # Plain: the background is one colour, so most pixels equal the median pixel.
         assert (np.abs(frame - np.median(frame, axis=0)).max(axis=1) < 6).mean() > 0.7
     assert ds.classes == tuple(COLOURS)
+
+
+def test_pixel_speed_is_the_rendered_clips_speed():
+    lo, hi = pixel_speed(64, 32, 4)
+    assert pixel_speed(64, 32, 1) == pytest.approx((lo / 4, hi / 4))
+    speeds = []
+    for seed in range(12):
+        clip = render_clip(np.random.default_rng(seed), 32, 64, 64, "circle", "red", DIRECTIONS[seed % 4], "plain")
+        centre = np.array([np.argwhere(m).mean(0) for m in _shape_mask(clip, COLOURS["red"])])
+        speeds.append(np.abs(centre[-1] - centre[0]).max() / 31 * 4)  # pixels per 4th frame
+    assert lo - 0.1 <= min(speeds) and max(speeds) <= hi + 0.1 and max(speeds) - min(speeds) > 0.5
+    with pytest.raises(ValueError, match="video_frames"):
+        pixel_speed(64, 1)

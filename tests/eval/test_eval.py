@@ -234,7 +234,7 @@ def test_pair_accuracy_and_pair_lists(tmp_path):
     pairs.write_text("only_one.mp4\n")
     with pytest.raises(ValueError, match="pairs.txt:1"):
         surprise_mod.read_pairs(pairs)
-    with pytest.raises(FileNotFoundError, match="pair list not found"):
+    with pytest.raises(FileNotFoundError, match="item list not found"):
         surprise_mod.read_pairs(tmp_path / "nope.txt")
 
 

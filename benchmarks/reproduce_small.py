@@ -208,10 +208,15 @@ def main(argv: list[str] | None = None) -> dict:
     for task in TASKS:
         labels = VideoList.from_file(data / f"{task}_val.txt").labels
         results["chance_top1"][task] = 100.0 * max(labels.count(c) for c in set(labels)) / len(labels)
+    return finish(results, out, start, table(results))
+
+
+def finish(results: dict, out: Path, start: float, text: str, write=write_json) -> dict:
+    """Record the wall time since ``start`` and the environment, ``write(out, results)``, print ``text``."""
     results["time_s"] = time.perf_counter() - start
     results["environment"] = environment()
-    write_json(out, results)
-    print(table(results))
+    write(out, results)
+    print(text)
     print(f"total {results['time_s'] / 60:.1f} min")
     return results
 

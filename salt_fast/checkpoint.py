@@ -58,6 +58,7 @@ except ImportError:  # pragma: no cover
 
 __all__ = [
     "CheckpointError",
+    "CheckpointMismatch",
     "CheckpointWarning",
     "NonFiniteState",
     "UnsafeCheckpointError",
@@ -95,6 +96,10 @@ class CheckpointError(RuntimeError):
 
 class UnsafeCheckpointError(CheckpointError):
     """A checkpoint holds objects other than tensors and plain data; it is refused, never unpickled."""
+
+
+class CheckpointMismatch(CheckpointError, ValueError):
+    """A checkpoint was written by a run with another stage or model than the one resuming it."""
 
 
 class NonFiniteState(CheckpointError):
@@ -621,7 +626,7 @@ def restore_training_state(run: Run) -> int:
     and this rank's RNG state; returns the step to continue from (0 for a fresh run). First
     removes the temporary files of checkpoint or export writes that a kill interrupted.
 
-    Raises ValueError when the checkpoint was written by a run with another stage or model.
+    Raises CheckpointMismatch when the checkpoint was written by a run with another stage or model.
     """
     resume, directory = run.cfg.checkpoint.resume, Path(run.cfg.output_dir) / "checkpoints"
     if run.rt.rank == 0:  # debris of writes a kill interrupted; the run holds its output_dir's lock
@@ -635,7 +640,7 @@ def restore_training_state(run: Run) -> int:
     path, state = found
     saved = architecture(state.get("config", {}))
     if saved != architecture(run.cfg.to_dict()):
-        raise ValueError(
+        raise CheckpointMismatch(
             f"{path} was written by a run with another stage or model ({saved}); "
             f"use a fresh output_dir or checkpoint.resume=never"
         )

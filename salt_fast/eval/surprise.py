@@ -11,7 +11,10 @@ surprise is the stage's training loss between the two:
 - pixel (Stage-1) runs: g is the pixel decoder, h the per-tubelet normalised pixels of the
   predicted frames, and the surprise their mean squared error.
 
-A video's surprise is the mean (the paper's choice) or max over its windows. An item of the
+The predictor uses the mask token of the run's FutureFrames configuration when it has one
+(training asked it exactly this question: the later frames from the earlier ones), else the
+first configuration's (``--mask-index`` overrides). A video's surprise is the mean (the paper's
+choice) or max over its windows. An item of the
 list is a **pair** (``possible impossible``: correct when the impossible video is more
 surprising) or an IntPhys-style matched **quadruplet** (``possible possible impossible
 impossible``, built from two first and two second halves so that both sets hold the same
@@ -69,6 +72,7 @@ __all__ = [
     "read_items",
     "read_pairs",
     "score_items",
+    "score_models",
     "surprise_scores",
     "video_surprise",
     "wilson_interval",
@@ -116,9 +120,11 @@ def _window_starts(video: Tensor, length: int, stride: int) -> list[int]:
 
 
 @torch.no_grad()
-def clip_surprise(model: SurpriseModel, clips: Tensor, context_frames: int) -> Tensor:
+def clip_surprise(model: SurpriseModel, clips: Tensor, context_frames: int, targets: dict | None = None) -> Tensor:
     """Surprise of each clip ``[B, 3, L, H, W]`` (its first ``context_frames`` frames are the
-    context, the rest is predicted): float32 ``[B]`` on the CPU."""
+    context, the rest is predicted): float32 ``[B]`` on the CPU. ``targets``: a cache of target
+    outputs on these clips, shared by models with the same target module (or pixel targets)."""
+    targets = {} if targets is None else targets
     encoder = model.encoder
     device = next(encoder.parameters()).device
     clips = clips.to(device)
@@ -127,15 +133,18 @@ def clip_surprise(model: SurpriseModel, clips: Tensor, context_frames: int) -> T
     ids = torch.arange(grid[0] * grid[1] * grid[2], device=device)
     B = clips.shape[0]
     context_ids, target_ids = ids[:n_context].expand(B, -1), ids[n_context:].expand(B, -1)
+    key = ("pixels", encoder.cfg.tubelet_size, encoder.cfg.patch_size) if model.target is None else id(model.target)
     with autocast_for(device):
         context = encoder(clips, context_ids)
         pred = model.predictor(context, context_ids, target_ids, grid, model.mask_index).float()
-        if model.target is not None:
-            target = model.target(clips)[:, n_context:].float()
+        if key not in targets and model.target is not None:
+            target = model.target(clips).float()
+            targets[key] = F.layer_norm(target, (target.shape[-1],))
     if model.target is None:  # a pixel decoder: Stage 1's own target and loss
-        target = pixel_targets_reference(clips, encoder.cfg.tubelet_size, encoder.cfg.patch_size)[:, n_context:]
-        return (pred - target).square().mean(dim=(1, 2)).cpu()
-    return (pred - F.layer_norm(target, (target.shape[-1],))).abs().mean(dim=(1, 2)).cpu()
+        if key not in targets:
+            targets[key] = pixel_targets_reference(clips, encoder.cfg.tubelet_size, encoder.cfg.patch_size)
+        return (pred - targets[key][:, n_context:]).square().mean(dim=(1, 2)).cpu()
+    return (pred - targets[key][:, n_context:]).abs().mean(dim=(1, 2)).cpu()
 
 
 @torch.no_grad()
@@ -172,27 +181,40 @@ def video_surprise(windows: Tensor, reduce: str = "mean") -> float:
 
 
 @torch.no_grad()
-def surprise_scores(
-    model: SurpriseModel,
+def score_models(
+    models: Mapping[str, SurpriseModel],
     videos: Sequence[Tensor],
     context_frames: int,
     predict_frames: int,
     stride: int = 2,
     reduce: str = "mean",
     batch_size: int = 64,
-) -> list[float]:
-    """The surprise of each video (``[3, T, H, W]``, normalized like training input): the windows
-    of all of them go through the models in batches of ``batch_size``, each video once."""
-    _check_window(model.encoder, context_frames, predict_frames, stride)
+) -> dict[str, list[float]]:
+    """The surprise of each video (``[3, T, H, W]``, normalized like training input) under each
+    model: the windows of all videos go through the models in batches of ``batch_size``, each
+    video once per model, and a target module that several models share (a run and its
+    random-student control) runs once per batch."""
     length = context_frames + predict_frames
+    for model in models.values():
+        _check_window(model.encoder, context_frames, predict_frames, stride)
     windows = [(v, s) for v, video in enumerate(videos) for s in _window_starts(video, length, stride)]
-    values = []
+    values: dict[str, list[Tensor]] = {name: [] for name in models}
     for first in range(0, len(windows), batch_size):
         chunk = windows[first : first + batch_size]
-        values.append(clip_surprise(model, torch.stack([videos[v][:, s : s + length] for v, s in chunk]), context_frames))
-    flat = torch.cat(values) if values else torch.zeros(0)
+        clips, targets = torch.stack([videos[v][:, s : s + length] for v, s in chunk]), {}
+        for name, model in models.items():
+            values[name].append(clip_surprise(model, clips, context_frames, targets))
     owner = torch.tensor([v for v, _ in windows])
-    return [video_surprise(flat[owner == v], reduce) for v in range(len(videos))]
+    scores = {}
+    for name, chunks in values.items():
+        flat = torch.cat(chunks) if chunks else torch.zeros(0)
+        scores[name] = [video_surprise(flat[owner == v], reduce) for v in range(len(videos))]
+    return scores
+
+
+def surprise_scores(model: SurpriseModel, videos: Sequence[Tensor], *args, **kwargs) -> list[float]:
+    """The surprise of each video under one model (the arguments of :func:`score_models`)."""
+    return score_models({"model": model}, videos, *args, **kwargs)["model"]
 
 
 def load_video(path: str | Path, resolution: int, frame_step: int = 1, max_frames: int | None = None) -> Tensor:

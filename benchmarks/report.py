@@ -12,7 +12,8 @@ with ``--refresh`` the committed benchmarks/results/REPORT.md, or ``--out``.
 
 Sections appear only for results that exist: FLOPs (the paper's 6ND tables and our exact
 count per model), mask sampling, data loading, kernels (GPU runs) and training throughput
-(GPU runs: clips/s, MFU, and the projected GPU-hours beside the paper's Table 11). CPU
+(GPU runs: clips/s, MFU, and the projected GPU-hours beside the paper's Table 11) and the
+intuitive-physics surprise test per pretraining recipe (``physics_small*.json``). CPU
 throughput and --smoke kernel runs check the scripts and are left out of the report.
 """
 
@@ -78,6 +79,36 @@ def throughput_section(runs: list[tuple[str, dict]]) -> str:
     return "### Training throughput (GPU)\n\n" + table(header, rows)
 
 
+def physics_section(runs: list[tuple[str, dict]]) -> str:
+    """The surprise test's quadruplet accuracy per recipe (mask set), model and kind of
+    violation, beside the best random control's, and the motion probe."""
+    rows = []
+    for name, r in runs:
+        models, setup = r["models"], r["setup"]
+        kinds = list(models["salt"]["quads"])
+        recipe = f"{setup['masking']}{''.join(' ' + s for s in setup.get('set', []))}"
+        controls = [m for m in models.values() if m["control"] != "none"]
+        best = []
+        for kind in kinds:
+            top = max(controls, key=lambda m: m["quads"][kind]["pooled"]["accuracy"])["quads"][kind]["pooled"]
+            best.append(f"{top['accuracy']:.1f} [{top['ci95'][0]:.0f}-{top['ci95'][1]:.0f}]")
+        probe = models["random"].get("probe_top1", {}).get("motion")
+        rows.append([recipe, len(r["seeds"]), "best of the random controls (probe: random init)", *best, f"{probe['mean']:.1f}" if probe else "-", name])
+        for key in ("pixel", "salt", "vjepa"):
+            m = models[key]
+            cells = []
+            for kind in kinds:
+                c = m["quads"][kind]
+                text = f"{c['pooled']['accuracy']:.1f} [{c['pooled']['ci95'][0]:.0f}-{c['pooled']['ci95'][1]:.0f}]"
+                cells.append(f"**{text}**" if c["above_every_control"] else text)
+            probe = m.get("probe_top1", {}).get("motion")
+            rows.append([recipe, len(r["seeds"]), f"{m['label']}, {m['steps']} steps", *cells,
+                         f"{probe['mean']:.1f}" if probe else "-", name])  # fmt: skip
+    header = ["mask set", "seeds", "model", *kinds, "motion probe top-1 %", "file"]
+    return ("### Intuitive-physics surprise (quadruplets)\n\nAccuracy % over all seeds' items [95% Wilson interval]; "
+            "bold: the interval lies above every random control's.\n\n" + table(header, rows))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--results", type=Path, default=RESULTS,
@@ -122,6 +153,9 @@ def main(argv: list[str] | None = None) -> str:
     gpu_runs = [(n, r) for n, r in load(folders, "throughput_*.json") if "note" not in r]  # CPU runs carry a note
     if gpu_runs:
         sections.append(throughput_section(gpu_runs))
+    physics = load(folders, "physics_small*.json")
+    if physics:
+        sections.append(physics_section(physics))
     report = "\n\n".join(sections) + "\n"
     print(report)
     write_text(output_path(args, "REPORT.md", args.results), report)

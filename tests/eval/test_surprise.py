@@ -250,7 +250,7 @@ def test_mcnemar_exact_p_values():
 
 
 def test_physics_benchmark_runs_end_to_end_at_toy_size(tmp_path):
-    out = tmp_path / "physics.json"
+    out = tmp_path / "results" / "physics_small_toy.json"
     args = [
         "--steps", "3", "--depth", "1", "--videos", "8", "--frames", "4", "--resolution", "32", "--batch-size", "2",
         "--num-workers", "0", "--seeds", "0,1", "--items", "2", "--physics-frames", "10", "--masking", "multi_block_future",
@@ -278,3 +278,10 @@ def test_physics_benchmark_runs_end_to_end_at_toy_size(tmp_path):
     assert set(models["vjepa"]["probe_top1"]["motion"]) == {"seeds", "mean"} and "probe_top1" not in models["random_pixel"]
     assert result["setup"]["masking"] == "multi_block_future"
     assert "| SALT student |" in done.stdout
+    report = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), "--results", str(out.parent),
+                             "--out", str(tmp_path / "REPORT.md")], capture_output=True, text=True)  # fmt: skip
+    assert report.returncode == 0, report.stderr[-3000:]
+    row = next(line for line in report.stdout.splitlines() if "| SALT student, 3 steps |" in line)
+    cell = salt["quads"]["permanence"]["pooled"]
+    assert row.startswith("| multi_block_future | 2 |") and row.endswith("| physics_small_toy.json |")
+    assert f"{cell['accuracy']:.1f} [{cell['ci95'][0]:.0f}-{cell['ci95'][1]:.0f}]" in row

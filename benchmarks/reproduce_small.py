@@ -36,7 +36,7 @@ from salt_fast.eval.encoders import load_encoder  # noqa: E402
 from salt_fast.eval.loss_vs_accuracy import loss_vs_accuracy  # noqa: E402
 from salt_fast.eval.probe import ProbeConfig, run_probe  # noqa: E402
 from salt_fast.eval.rankme import encoder_rankme  # noqa: E402
-from salt_fast.models import build_encoder  # noqa: E402
+from salt_fast.models import VisionTransformer  # noqa: E402
 from salt_fast.train import train  # noqa: E402
 
 TASKS = ("motion", "shape", "colour")
@@ -122,11 +122,12 @@ def pretrain(args, data: Path, work: Path, overrides: Sequence[str] = ()) -> dic
 
 def load_encoders(workdir: Path, seed: int) -> dict[str, torch.nn.Module]:
     """(a)-(d) of a finished pretraining in ``workdir``; (a) is a fresh init of (b)'s architecture
-    seeded by ``seed``, so every script that probes the workdir sees the same random encoder."""
+    (its whole ViTConfig: depth, patch size ...) seeded by ``seed``, so every script that probes
+    the workdir sees the same random encoder."""
     pixel = load_encoder(workdir / "pixel" / "encoder.safetensors")
     torch.manual_seed(seed)
     return {
-        "random": build_encoder("vit_tiny", depth=pixel.cfg.depth),
+        "random": VisionTransformer(pixel.cfg),
         "pixel": pixel,
         "salt": load_encoder(workdir / "salt" / "encoder.safetensors"),
         "vjepa": load_encoder(workdir / "vjepa"),  # its EMA target encoder, as V-JEPA 2 evaluates
